@@ -1,0 +1,215 @@
+"""The Python API: `Assistant` (ask / stream / chat) and `Answer`.
+
+    a = Assistant.from_pretrained("ckpt", backend="torch", device="cpu")
+    ans = a.ask("frame.png", "What is in front of the robot?", max_new_tokens=64)
+    ans.text, ans.token_ids, ans.timings
+    for piece in a.stream(frame, "Describe the scene."): print(piece, end="")
+    chat = a.chat(frame); chat.ask("What is on the table?"); chat.ask("And to its left?")
+
+One Assistant serves one caller at a time (calls are serialised by a lock). It keeps the KV cache of
+its last prompt, so a new question reuses the shared prefix (system prompt, and the image when the
+frame is unchanged), and it caches the features of the last few frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lphi_edge.errors import CheckpointError, ConfigError
+from lphi_edge.processing.image import ImageInput as FrameInput
+from lphi_edge.processing.image import ImageProcessor, ProcessorConfig
+from lphi_edge.processing.template import Template, get_template
+from lphi_edge.processing.tokenizer import Tokenizer
+from lphi_edge.runtime.backend import Backend
+from lphi_edge.runtime.generation import GenerationConfig, GenerationResult, ImageInput, Session, Timings
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class Answer:
+    """One answer. `token_ids` are the generated ids without the final eos."""
+
+    text: str
+    token_ids: list[int]
+    timings: Timings
+    finish_reason: str  # "eos" | "stop" | "length" | "context"
+    backend: str
+    precision: str
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "finish_reason": self.finish_reason,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "timings_ms": self.timings.to_dict(),
+        }
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    path = Path(model)
+    if path.is_dir():
+        return path
+    raise CheckpointError(
+        f"model not found: {str(model)!r} is not a directory; expected a LLaVA-Phi checkpoint directory "
+        "(config.json + safetensors + tokenizer)"
+    )
+
+
+class Assistant:
+    """A vision-language assistant over any backend, sharing one generation loop."""
+
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, processor: ProcessorConfig, template: Template,
+                 eos_token_ids: set[int] | None = None, image_cache_size: int = 4):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.processor = ImageProcessor(processor)
+        self.template = template
+        self.eos_token_ids = frozenset(eos_token_ids or ()) | {tokenizer.eos_token_id}
+        self.image_cache_size = image_cache_size
+        self._features: OrderedDict[str, np.ndarray] = OrderedDict()  # frame digest → (N, D)
+        self._session = self._new_session()
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, backend: str = "torch", device: str = "cpu",
+                        dtype: str | None = None, **kwargs: Any) -> Assistant:
+        """Load a checkpoint directory. `dtype` (torch backend): fp32 (default, as the original), fp16, bf16."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
+        path = resolve_model_dir(model)
+        if backend != "torch":
+            raise ConfigError(
+                f"backend {backend!r} runs exported engines (lphi-export), which this version does not build yet; "
+                "use backend='torch'"
+            )
+        from lphi_edge.model.checkpoint import processor_config
+        from lphi_edge.runtime.torch_backend import TorchBackend
+
+        tokenizer = Tokenizer.from_dir(path)  # before the weights: a broken tokenizer fails fast
+        be = TorchBackend.from_checkpoint(path, device=device, dtype=dtype or "fp32")
+        config = be.model.config
+        eos = config.text.eos_token_id
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
+        return cls(be, tokenizer, processor_config(path, config), get_template(config.template), eos_ids, **kwargs)
+
+    # ---- public API ---------------------------------------------------------------------------
+    def ask(self, image: FrameInput | None, prompt: str, **generation: Any) -> Answer:
+        """Answer `prompt` about `image` (a path, PIL image or HxWx3 uint8 RGB array; None = text only).
+
+        Generation keywords: max_new_tokens, temperature, top_p, top_k, seed, stop (see GenerationConfig),
+        or config=GenerationConfig(...); on_text=callable receives streamed pieces.
+        """
+        on_text = generation.pop("on_text", None)
+        config = _generation_config(generation)
+        with self._lock:
+            t0 = time.perf_counter()
+            timings = Timings()
+            prompt_ids, images = self._prepare([(prompt, None)], image, timings)
+            result = self._session.generate(prompt_ids, images, config, on_text, timings, t0)
+            return self._answer(result)
+
+    def stream(self, image: FrameInput | None, prompt: str, **generation: Any) -> Iterator[str]:
+        """Yield the answer text piece by piece; the pieces joined equal `ask(...).text`."""
+        config = _generation_config(generation)
+        with self._lock:
+            t0 = time.perf_counter()
+            timings = Timings()
+            prompt_ids, images = self._prepare([(prompt, None)], image, timings)
+            result = yield from self._session.iter_generate(prompt_ids, images, config, timings, t0)
+            self.last_answer = self._answer(result)
+
+    def chat(self, image: FrameInput | None = None) -> Chat:
+        """A multi-turn conversation about one image that keeps its own KV cache."""
+        return Chat(self, image)
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _new_session(self) -> Session:
+        return Session(self.backend, self.tokenizer, self.eos_token_ids)
+
+    def _prepare(self, turns: list[tuple[str, str | None]], image: FrameInput | None,
+                 timings: Timings) -> tuple[list[int], list[ImageInput]]:
+        text = self.template.prompt(turns, image=image is not None)  # validates the prompt first
+        prompt_ids = self.tokenizer.encode_prompt(text)
+        images = [] if image is None else [self._image_features(image, timings)]
+        return prompt_ids, images
+
+    def _image_features(self, image: FrameInput, timings: Timings) -> ImageInput:
+        t0 = time.perf_counter()
+        pixels = self.processor(image)  # (1, 3, H, W)
+        digest = hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()
+        t1 = time.perf_counter()
+        timings.preprocess_ms += (t1 - t0) * 1e3
+        feats = self._features.get(digest)
+        if feats is None:
+            feats = self.backend.encode_images(pixels)[0]  # (N, D)
+            timings.vision_ms += (time.perf_counter() - t1) * 1e3
+            self._features[digest] = feats
+            while len(self._features) > self.image_cache_size:
+                self._features.popitem(last=False)
+        else:
+            self._features.move_to_end(digest)
+        return ImageInput(digest, feats)
+
+    def _answer(self, result: GenerationResult) -> Answer:
+        be = self.backend
+        return Answer(result.text, result.token_ids, result.timings, result.finish_reason,
+                      be.name, be.precision, be.device)
+
+
+class Chat:
+    """Multi-turn conversation. Each turn re-renders the whole conversation with the template (as the
+    original code does) and reuses the KV cache for the prefix it shares with the previous turn."""
+
+    def __init__(self, assistant: Assistant, image: FrameInput | None):
+        self.assistant = assistant
+        self.image = image
+        self.turns: list[tuple[str, str]] = []
+        self._session = assistant._new_session()
+
+    def ask(self, prompt: str, **generation: Any) -> Answer:
+        on_text = generation.pop("on_text", None)
+        config = _generation_config(generation)
+        a = self.assistant
+        with a._lock:
+            t0 = time.perf_counter()
+            timings = Timings()
+            prompt_ids, images = a._prepare([*self.turns, (prompt, None)], self.image, timings)
+            result = self._session.generate(prompt_ids, images, config, on_text, timings, t0)
+            self.turns.append((prompt, result.text))
+            return a._answer(result)
+
+    def reset(self) -> None:
+        self.turns.clear()
+        self._session.reset()
+
+
+def _generation_config(kwargs: dict[str, Any]) -> GenerationConfig:
+    config = kwargs.pop("config", None)
+    if config is not None:
+        if kwargs:
+            raise ConfigError(f"pass either config= or generation keywords, not both (got {sorted(kwargs)})")
+        return config
+    try:
+        return GenerationConfig(**kwargs)
+    except TypeError:
+        known = sorted(GenerationConfig.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - set(known))
+        raise ConfigError(f"unknown generation option(s) {unknown}: expected some of {known}") from None

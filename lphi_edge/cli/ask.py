@@ -1,0 +1,70 @@
+"""lphi-ask: answer one instruction about one image.
+
+    lphi-ask --model DIR --image PATH --prompt TEXT [--backend B] [--device D] [--dtype T]
+             [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--stop STR ...] [--json]
+
+Without --json the answer streams to stdout and a timing line goes to stderr. With --json, stdout's
+last line is one JSON object: text, token_ids, finish_reason, backend, precision, device, timings_ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lphi_edge.cli._common import run, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lphi-ask", description="Answer an instruction about an image with LLaVA-Phi.")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    p.add_argument("--prompt", required=True, help="question or instruction")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="torch backend precision (fp32)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (last line of stdout)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def _main() -> int:
+        from lphi_edge.assistant import Assistant, _generation_config
+        from lphi_edge.processing.image import load_image
+        from lphi_edge.processing.template import check_question
+
+        # Cheap checks first: a bad image or prompt must not wait for the weights to load.
+        gen = _generation_config(dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=tuple(args.stop)))
+        check_question(args.prompt)
+        image = load_image(args.image)
+        assistant = Assistant.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+        if args.json:
+            answer = assistant.ask(image, args.prompt, config=gen)
+            print(json.dumps(answer.to_dict(), ensure_ascii=False))
+            return 0
+        answer = assistant.ask(image, args.prompt, config=gen,
+                               on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        t = answer.timings
+        print(f"[{answer.backend} {answer.precision} {answer.device}] preprocess {t.preprocess_ms:.0f} ms · "
+              f"vision {t.vision_ms:.0f} ms · prefill {t.prefill_ms:.0f} ms · ttft {t.ttft_ms:.0f} ms · "
+              f"{t.new_tokens} tokens at {t.decode_tokens_per_s:.1f} tok/s ({answer.finish_reason})", file=sys.stderr)
+        return 0
+
+    return run("lphi-ask", _main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""PyTorch LLaVA-Phi (reference backend, training, export source). Needs `lphi-edge[torch]`."""

@@ -1,0 +1,1 @@
+"""Torch-free input processing: images (CLIP-exact), chat templates, tokenizer."""

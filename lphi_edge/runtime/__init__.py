@@ -1,0 +1,1 @@
+"""Backends (numpy in, numpy out) and the one generation loop they all share."""

@@ -1,0 +1,87 @@
+"""The backend protocol every engine implements (torch, onnxruntime, tensorrt).
+
+Tensors cross the boundary as numpy arrays. The KV cache is the one exception: it stays in the
+backend's own memory (torch tensors, OrtValues, device buffers) behind the small `KVCache` protocol,
+so a decode step never copies the whole cache between host and device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from lphi_edge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the generation loop needs to know about a model, independent of the engine.
+
+    Attributes:
+        hidden_size: LM embedding width D.
+        vocab_size: rows of the LM head (may exceed the tokenizer's vocabulary).
+        context_length: maximum positions (Phi-2: 2048).
+        image_tokens: embeddings one image contributes (CLIP-L/336: 576).
+        num_layers / num_kv_heads / head_dim: KV-cache geometry.
+    """
+
+    hidden_size: int
+    vocab_size: int
+    context_length: int
+    image_tokens: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"ModelSpec.{name} must be a positive integer, got {value!r}")
+
+
+@runtime_checkable
+class KVCache(Protocol):
+    """Past keys/values of one sequence batch, owned by a backend."""
+
+    @property
+    def seq_len(self) -> int:  # positions cached
+        ...
+
+    def crop(self, length: int) -> None:
+        """Keep only the first `length` positions."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Numpy in, numpy out. Shapes: B batch, S new positions, P cached positions, D hidden, V vocab."""
+
+    name: str  # "torch" | "onnxruntime" | "tensorrt"
+    device: str  # "cpu" | "cuda"
+    precision: str  # "fp32" | "fp16" | "bf16" | "int8" | "int4"
+    spec: ModelSpec
+
+    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values f32 [B, 3, H, W] → image features f32 [B, N, D] (tower + projector)."""
+        ...
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        """input_ids i64 [B, S] → inputs_embeds f32 [B, S, D]."""
+        ...
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        """An empty cache (P = 0)."""
+        ...
+
+    def decode(
+        self,
+        inputs_embeds: np.ndarray,  # f32 [B, S, D]
+        attention_mask: np.ndarray,  # i64 [B, P + S]
+        position_ids: np.ndarray,  # i64 [B, S]
+        past: KVCache,
+    ) -> tuple[np.ndarray, KVCache]:
+        """One forward pass; returns (logits f32 [B, S', V] with S' ≤ S — at least the last position —,
+        the cache extended by S positions)."""
+        ...

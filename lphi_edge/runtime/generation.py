@@ -1,0 +1,332 @@
+"""The one generation loop, shared by every backend.
+
+    prompt ids (with image placeholders) + image features
+        → reuse the longest cached prefix (system prompt, same frame, earlier turns)
+        → prefill the rest → sample → decode token by token → stop on eos / stop string / limit
+
+Sampling is greedy by default; temperature / top-k / top-p sampling draws from a seeded numpy RNG,
+so a seed reproduces an answer on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Hashable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from lphi_edge.errors import ConfigError, ContextLengthError, PromptError
+from lphi_edge.processing.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
+from lphi_edge.runtime.backend import Backend, KVCache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings.
+
+    Attributes:
+        max_new_tokens: generated tokens at most (≥ 1).
+        temperature: 0 → greedy; > 0 → sampling from softmax(logits / temperature).
+        top_p: nucleus sampling mass in (0, 1]; 1 disables.
+        top_k: keep the k most likely tokens; 0 disables.
+        seed: RNG seed for sampling (None → fresh entropy).
+        stop: stop strings; the answer ends before the first occurrence.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an integer ≥ 1, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an integer ≥ 0 (0 = off), got {self.top_k!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not s for s in self.stop):
+            raise ConfigError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Timings:
+    """Per-stage wall-clock milliseconds of one answer."""
+
+    preprocess_ms: float = 0.0
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0  # forward over the uncached prompt positions + first token
+    decode_ms: float = 0.0  # all later tokens
+    ttft_ms: float = 0.0  # request start → first token
+    total_ms: float = 0.0
+    prompt_tokens: int = 0  # positions in the prompt (text + image)
+    cached_tokens: int = 0  # of which reused from the KV cache
+    new_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second after the first (the decode rate)."""
+        n = self.new_tokens - 1
+        return n / (self.decode_ms / 1e3) if n > 0 and self.decode_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        d = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        d["decode_tokens_per_s"] = round(self.decode_tokens_per_s, 3)
+        return d
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]  # generated ids, eos excluded
+    text: str
+    finish_reason: str  # "eos" | "stop" | "length" | "context"
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Projected features of one image and a key identifying the frame (for prefix reuse)."""
+
+    key: Hashable
+    features: np.ndarray  # f32 [N, D]
+
+
+class TextStream:
+    """Incremental detokenisation: releases only text that can no longer change.
+
+    Held back: incomplete UTF-8 (U+FFFD at the end), trailing whitespace (the final text is stripped),
+    and any tail that could still grow into a stop string. All released pieces joined equal the final text.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, tuple(stop)
+        self.released = 0
+        self.stopped = False
+
+    def _visible(self, ids: list[int]) -> str:
+        text = self.tokenizer.decode(ids).lstrip()
+        for s in self.stop:
+            i = text.find(s)
+            if i >= 0:
+                text, self.stopped = text[:i], True
+        return text
+
+    def update(self, ids: list[int]) -> str:
+        """New generated ids → the piece of text that became final ("" if none)."""
+        text = self._visible(ids)
+        if self.stopped:
+            return ""
+        end = len(text.rstrip().rstrip("\ufffd"))
+        for s in self.stop:  # hold back a tail that is a prefix of a stop string
+            for k in range(min(len(s) - 1, end), 0, -1):
+                if text[:end].endswith(s[:k]):
+                    end -= k
+                    break
+        return self._release(text[:end])
+
+    def finish(self, ids: list[int]) -> tuple[str, str]:
+        """→ (last piece, final text)."""
+        text = self._visible(ids).rstrip()
+        return self._release(text), text
+
+    def _release(self, text: str) -> str:
+        if len(text) <= self.released:
+            return ""
+        piece, self.released = text[self.released :], len(text)
+        return piece
+
+
+class Sampler:
+    def __init__(self, config: GenerationConfig):
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        """logits f32 [V] → next token id."""
+        cfg = self.config
+        if cfg.greedy:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / cfg.temperature
+        order = np.argsort(-z, kind="stable")  # (V,) most likely first
+        if cfg.top_k:
+            order = order[: cfg.top_k]
+        p = np.exp(z[order] - z[order[0]])
+        p /= p.sum()
+        if cfg.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(p), cfg.top_p) + 1)  # smallest set with mass ≥ top_p
+            order, p = order[:keep], p[:keep] / p[:keep].sum()
+        return int(order[self.rng.choice(len(order), p=p)])
+
+
+@dataclass
+class Session:
+    """A KV cache and the keys of the positions it holds; prompts sharing a prefix reuse it.
+
+    Position keys: a token id for text, (image key, i) for the i-th embedding of an image.
+    """
+
+    backend: Backend
+    tokenizer: Tokenizer
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    cache: KVCache | None = None
+    keys: list[Hashable] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.cache, self.keys = None, []
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        images: Sequence[ImageInput],
+        config: GenerationConfig,
+        on_text: Callable[[str], None] | None = None,
+        timings: Timings | None = None,
+        t_start: float | None = None,
+    ) -> GenerationResult:
+        """Answer one prompt, calling `on_text` with each piece of final text as it is produced."""
+        steps = self.iter_generate(prompt_ids, images, config, timings, t_start)
+        while True:
+            try:
+                piece = next(steps)
+            except StopIteration as done:
+                return done.value
+            if on_text is not None:
+                on_text(piece)
+
+    def iter_generate(
+        self,
+        prompt_ids: list[int],
+        images: Sequence[ImageInput],
+        config: GenerationConfig,
+        timings: Timings | None = None,
+        t_start: float | None = None,
+    ) -> Generator[str, None, GenerationResult]:
+        """Yield text pieces; the generator's return value is the GenerationResult.
+
+        `prompt_ids` holds IMAGE_TOKEN_INDEX once per entry of `images`. Closing the generator early
+        leaves the session consistent (the cache holds exactly the positions in `keys`).
+        """
+        backend, spec = self.backend, self.backend.spec
+        t_start = time.perf_counter() if t_start is None else t_start
+        timings = timings or Timings()
+        keys = self._position_keys(prompt_ids, images)
+        total = len(keys)
+        if total > spec.context_length:
+            n_img = len(images)
+            raise ContextLengthError(
+                f"prompt does not fit the context: {total} positions ({total - n_img * spec.image_tokens} text "
+                f"tokens + {n_img} image × {spec.image_tokens}) > context length {spec.context_length}; "
+                "shorten the prompt or the conversation"
+            )
+
+        # Reuse the longest cached prefix; at least the last prompt position is recomputed for its logits.
+        reuse = 0
+        if self.cache is not None:
+            limit = min(len(self.keys), total - 1)
+            while reuse < limit and self.keys[reuse] == keys[reuse]:
+                reuse += 1
+            self.cache.crop(reuse)
+        else:
+            self.cache = backend.new_cache(1)
+        self.keys = self.keys[:reuse]
+
+        # Prefill: embeddings of the uncached positions, image features spliced at their slots.
+        t0 = time.perf_counter()
+        embeds = self._prompt_embeds(prompt_ids, images, start=reuse)  # (1, total - reuse, D)
+        logits = self._forward(embeds, keys[reuse:])
+        sampler = Sampler(config)
+        stream = TextStream(self.tokenizer, config.stop)
+        budget = min(config.max_new_tokens, spec.context_length - total + 1)
+        generated: list[int] = []
+        finish = "length" if budget == config.max_new_tokens else "context"
+        token = sampler(logits[0, -1])
+        t1 = time.perf_counter()
+        timings.prefill_ms += (t1 - t0) * 1e3
+        timings.ttft_ms = (t1 - t_start) * 1e3
+        timings.prompt_tokens, timings.cached_tokens = total, reuse
+
+        while True:
+            if token in self.eos_token_ids:
+                finish = "eos"
+                break
+            generated.append(token)
+            piece = stream.update(generated)
+            if piece:
+                yield piece
+            if stream.stopped:
+                finish = "stop"
+                break
+            if len(generated) >= budget:
+                break
+            step = backend.embed(np.array([[token]], dtype=np.int64))  # (1, 1, D)
+            logits = self._forward(step, [token])
+            token = sampler(logits[0, -1])
+
+        piece, text = stream.finish(generated)
+        if piece:
+            yield piece
+        t2 = time.perf_counter()
+        timings.decode_ms += (t2 - t1) * 1e3
+        timings.total_ms = (t2 - t_start) * 1e3
+        timings.new_tokens = len(generated) + (finish == "eos")
+        return GenerationResult(generated, text, finish, timings)
+
+    def _forward(self, embeds: np.ndarray, new_keys: list[Hashable]) -> np.ndarray:
+        """Run embeds (1, S, D) after the cached positions; returns logits (1, S', V)."""
+        assert self.cache is not None
+        past = len(self.keys)
+        s = embeds.shape[1]
+        mask = np.ones((1, past + s), dtype=np.int64)  # (1, P + S)
+        positions = np.arange(past, past + s, dtype=np.int64)[None]  # (1, S)
+        logits, self.cache = self.backend.decode(embeds, mask, positions, self.cache)
+        self.keys.extend(new_keys)
+        return logits
+
+    def _position_keys(self, prompt_ids: list[int], images: Sequence[ImageInput]) -> list[Hashable]:
+        n_slots = prompt_ids.count(IMAGE_TOKEN_INDEX)
+        if n_slots != len(images):
+            raise PromptError(f"prompt has {n_slots} image placeholder(s) but {len(images)} image(s) were given")
+        n = self.backend.spec.image_tokens
+        keys: list[Hashable] = []
+        it = iter(images)
+        for tok in prompt_ids:
+            if tok == IMAGE_TOKEN_INDEX:
+                img = next(it)
+                keys.extend((img.key, i) for i in range(n))
+            else:
+                keys.append(tok)
+        return keys
+
+    def _prompt_embeds(self, prompt_ids: list[int], images: Sequence[ImageInput], start: int) -> np.ndarray:
+        """Embeddings for prompt positions [start:], image features spliced in: (1, S, D)."""
+        spec = self.backend.spec
+        text_ids = [t for t in prompt_ids if t != IMAGE_TOKEN_INDEX]
+        text_emb = self.backend.embed(np.array([text_ids], dtype=np.int64))[0] if text_ids else None  # (T, D)
+        parts: list[np.ndarray] = []
+        ti, ii = 0, 0
+        for tok in prompt_ids:
+            if tok == IMAGE_TOKEN_INDEX:
+                feats = images[ii].features
+                if feats.shape != (spec.image_tokens, spec.hidden_size):
+                    raise PromptError(
+                        f"image features have shape {feats.shape}, expected ({spec.image_tokens}, {spec.hidden_size})"
+                    )
+                parts.append(feats.astype(np.float32, copy=False))
+                ii += 1
+            else:
+                parts.append(text_emb[ti : ti + 1])
+                ti += 1
+        return np.concatenate(parts, axis=0)[start:][None]  # (1, S, D)
