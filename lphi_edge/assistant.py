@@ -136,6 +136,12 @@ class Assistant:
             result = yield from self._session.iter_generate(prompt_ids, images, config, timings, t0)
             self.last_answer = self._answer(result)
 
+    def reset(self) -> None:
+        """Forget the cached KV prefix and frame features (e.g. between benchmark runs)."""
+        with self._lock:
+            self._session.reset()
+            self._features.clear()
+
     def chat(self, image: FrameInput | None = None) -> Chat:
         """A multi-turn conversation about one image that keeps its own KV cache."""
         return Chat(self, image)

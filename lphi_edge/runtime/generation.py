@@ -129,13 +129,18 @@ class TextStream:
         text = self._visible(ids)
         if self.stopped:
             return ""
-        end = len(text.rstrip().rstrip("\ufffd"))
-        for s in self.stop:  # hold back a tail that is a prefix of a stop string
-            for k in range(min(len(s) - 1, end), 0, -1):
-                if text[:end].endswith(s[:k]):
-                    end -= k
-                    break
-        return self._release(text[:end])
+        return self._release(self._settled(text))
+
+    def _settled(self, text: str) -> str:
+        """Drop, until nothing changes, trailing whitespace, U+FFFD and stop-string prefixes."""
+        while True:
+            kept = text.rstrip().rstrip("\ufffd")
+            for s in self.stop:
+                k = next((k for k in range(min(len(s) - 1, len(kept)), 0, -1) if kept.endswith(s[:k])), 0)
+                kept = kept[: len(kept) - k]
+            if kept == text:
+                return text
+            text = kept
 
     def finish(self, ids: list[int]) -> tuple[str, str]:
         """→ (last piece, final text)."""

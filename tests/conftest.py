@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny real-architecture checkpoints written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from lphi_edge.model.tiny import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """Native tiny LLaVA-Phi, image_aspect_ratio 'pad', non-zero lm_head bias."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_square(tmp_path_factory) -> Path:
+    """Same architecture without padding to square (image_aspect_ratio 'square')."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_sq", seed=1, image_aspect_ratio="square")
+
+
+def shapes_frame(width: int, height: int, seed: int) -> np.ndarray:
+    """A shapes-task-like frame: light background, a few coloured shapes, mild noise. HxWx3 uint8."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(180, 256, 3)))
+    d = ImageDraw.Draw(im)
+    colours = [(220, 30, 30), (30, 170, 30), (30, 60, 220), (230, 200, 30)]
+    for _ in range(int(rng.integers(1, 4))):
+        s = int(rng.integers(8, max(9, min(width, height) // 2)))
+        x, y = int(rng.integers(0, max(1, width - s))), int(rng.integers(0, max(1, height - s)))
+        c = colours[int(rng.integers(0, 4))]
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            d.ellipse([x, y, x + s, y + s], fill=c)
+        elif kind == 1:
+            d.rectangle([x, y, x + s, y + s], fill=c)
+        else:
+            d.polygon([(x + s // 2, y), (x, y + s), (x + s, y + s)], fill=c)
+    a = np.asarray(im).astype(np.int16) + rng.integers(-6, 7, (height, width, 3))
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def frame() -> np.ndarray:
+    return shapes_frame(224, 224, seed=3)
