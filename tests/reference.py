@@ -1,6 +1,8 @@
 """An independent LLaVA-Phi reference written only with transformers' own pieces.
 
-It deliberately shares no code with lphi_edge: CLIPImageProcessor for pixels, CLIPVisionModel,
+It deliberately shares no code with lphi_edge: CLIPImageProcessor for pixels (its PIL backend,
+`CLIPImageProcessorPil`, which is what the original code base ran: transformers 5's torchvision
+backend resizes differently, by up to 0.03 after normalisation), CLIPVisionModel,
 an nn.Sequential projector, PhiForCausalLM.generate(inputs_embeds=...) and the `tokenizers` library,
 with the original prompt format and key names written out here by hand.
 """
@@ -8,7 +10,6 @@ with the original prompt format and key names written out here by hand.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
 
 SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -48,10 +49,8 @@ def expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.I
     return result
 
 
-def clip_processor(ckpt: Path) -> CLIPImageProcessor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return CLIPImageProcessor(**json.loads((ckpt / "preprocessor_config.json").read_text()))
+def clip_processor(ckpt: Path) -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(**json.loads((ckpt / "preprocessor_config.json").read_text()))
 
 
 def reference_pixels(ckpt: Path, image: np.ndarray, pad: bool) -> torch.Tensor:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from tokenizers import AddedToken, Tokenizer
-from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, PhiConfig
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, PhiConfig
 
 from conftest import shapes_frame
 from lphi_edge import Assistant
@@ -47,19 +46,15 @@ def llava_hf(tmp_path_factory, tiny_ckpt) -> Path:
     model.save_pretrained(out)
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                           crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)
+    CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)
     return out
 
 
 def hf_generate(src: Path, image: np.ndarray, prompt: str, max_new_tokens: int) -> list[int]:
     model = LlavaForConditionalGeneration.from_pretrained(src).eval()
     tok = Tokenizer.from_file(str(src / "tokenizer.json"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proc = CLIPImageProcessor.from_pretrained(src)
+    proc = CLIPImageProcessorPil.from_pretrained(src)
     pixels = torch.tensor(np.asarray(proc(image, return_tensors="np")["pixel_values"]))
     before, after = prompt.split("<image>")
     ids = (tok.encode(before, add_special_tokens=False).ids + [model.config.image_token_id] * N_IMAGE_TOKENS
