@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from lphi_edge.processing.image import ImageProcessor, ProcessorConfig
 from lphi_edge.processing.template import Template, get_template
 from lphi_edge.processing.tokenizer import Tokenizer
 from lphi_edge.runtime.backend import Backend
-from lphi_edge.runtime.generation import GenerationConfig, GenerationResult, ImageInput, Session, Timings
+from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session, Timings, drain
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Assistant:
         self._features: OrderedDict[str, np.ndarray] = OrderedDict()  # frame digest → (N, D)
         self._session = self._new_session()
         self._lock = threading.RLock()
+        self.last_answer: Answer | None = None  # of the last completed stream()
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, backend: str = "torch", device: str = "cpu",
@@ -115,26 +116,24 @@ class Assistant:
         """Answer `prompt` about `image` (a path, PIL image or HxWx3 uint8 RGB array; None = text only).
 
         Generation keywords: max_new_tokens, temperature, top_p, top_k, seed, stop (see GenerationConfig),
-        or config=GenerationConfig(...); on_text=callable receives streamed pieces.
+        or config=GenerationConfig(...); on_text=callable receives the answer piece by piece.
         """
         on_text = generation.pop("on_text", None)
-        config = _generation_config(generation)
-        with self._lock:
-            t0 = time.perf_counter()
-            timings = Timings()
-            prompt_ids, images = self._prepare([(prompt, None)], image, timings)
-            result = self._session.generate(prompt_ids, images, config, on_text, timings, t0)
-            return self._answer(result)
+        return drain(self._run(self._session, [(prompt, None)], image, generation_config(generation)), on_text)
 
     def stream(self, image: FrameInput | None, prompt: str, **generation: Any) -> Iterator[str]:
-        """Yield the answer text piece by piece; the pieces joined equal `ask(...).text`."""
-        config = _generation_config(generation)
-        with self._lock:
-            t0 = time.perf_counter()
-            timings = Timings()
-            prompt_ids, images = self._prepare([(prompt, None)], image, timings)
-            result = yield from self._session.iter_generate(prompt_ids, images, config, timings, t0)
-            self.last_answer = self._answer(result)
+        """Yield the answer piece by piece (the pieces join to the answer's text); the full Answer is
+        `last_answer` once the iterator is exhausted."""
+        config = generation_config(generation)  # validated here, not at the first next()
+        return self._remember(self._run(self._session, [(prompt, None)], image, config))
+
+    def _remember(self, steps: Generator[str, None, Answer]) -> Generator[str, None, Answer]:
+        self.last_answer = yield from steps
+        return self.last_answer
+
+    def chat(self, image: FrameInput | None = None) -> Chat:
+        """A multi-turn conversation about one image that keeps its own KV cache."""
+        return Chat(self, image)
 
     def reset(self) -> None:
         """Forget the cached KV prefix and frame features (e.g. between benchmark runs)."""
@@ -142,20 +141,23 @@ class Assistant:
             self._session.reset()
             self._features.clear()
 
-    def chat(self, image: FrameInput | None = None) -> Chat:
-        """A multi-turn conversation about one image that keeps its own KV cache."""
-        return Chat(self, image)
-
     # ---- internals ------------------------------------------------------------------------------
     def _new_session(self) -> Session:
         return Session(self.backend, self.tokenizer, self.eos_token_ids)
 
-    def _prepare(self, turns: list[tuple[str, str | None]], image: FrameInput | None,
-                 timings: Timings) -> tuple[list[int], list[ImageInput]]:
-        text = self.template.prompt(turns, image=image is not None)  # validates the prompt first
-        prompt_ids = self.tokenizer.encode_prompt(text)
-        images = [] if image is None else [self._image_features(image, timings)]
-        return prompt_ids, images
+    def _run(self, session: Session, turns: list[tuple[str, str | None]], image: FrameInput | None,
+             config: GenerationConfig) -> Generator[str, None, Answer]:
+        """The one path of every call: template → tokens → image features → shared generation loop."""
+        with self._lock:
+            t0 = time.perf_counter()
+            timings = Timings()
+            text = self.template.prompt(turns, image=image is not None)  # validates the prompt first
+            prompt_ids = self.tokenizer.encode_prompt(text)
+            images = [] if image is None else [self._image_features(image, timings)]
+            result = yield from session.iter_generate(prompt_ids, images, config, timings, t0)
+            be = self.backend
+            return Answer(result.text, result.token_ids, result.timings, result.finish_reason,
+                          be.name, be.precision, be.device)
 
     def _image_features(self, image: FrameInput, timings: Timings) -> ImageInput:
         t0 = time.perf_counter()
@@ -174,11 +176,6 @@ class Assistant:
             self._features.move_to_end(digest)
         return ImageInput(digest, feats)
 
-    def _answer(self, result: GenerationResult) -> Answer:
-        be = self.backend
-        return Answer(result.text, result.token_ids, result.timings, result.finish_reason,
-                      be.name, be.precision, be.device)
-
 
 class Chat:
     """Multi-turn conversation. Each turn re-renders the whole conversation with the template (as the
@@ -189,25 +186,29 @@ class Chat:
         self.image = image
         self.turns: list[tuple[str, str]] = []
         self._session = assistant._new_session()
+        self.last_answer: Answer | None = None
 
     def ask(self, prompt: str, **generation: Any) -> Answer:
+        """Ask the next question; same keywords as `Assistant.ask`."""
         on_text = generation.pop("on_text", None)
-        config = _generation_config(generation)
-        a = self.assistant
-        with a._lock:
-            t0 = time.perf_counter()
-            timings = Timings()
-            prompt_ids, images = a._prepare([*self.turns, (prompt, None)], self.image, timings)
-            result = self._session.generate(prompt_ids, images, config, on_text, timings, t0)
-            self.turns.append((prompt, result.text))
-            return a._answer(result)
+        return drain(self._turn(prompt, generation_config(generation)), on_text)
+
+    def stream(self, prompt: str, **generation: Any) -> Iterator[str]:
+        """Stream the next answer; the turn is recorded once the iterator is exhausted."""
+        return self._turn(prompt, generation_config(generation))
+
+    def _turn(self, prompt: str, config: GenerationConfig) -> Generator[str, None, Answer]:
+        answer = yield from self.assistant._run(self._session, [*self.turns, (prompt, None)], self.image, config)
+        self.turns.append((prompt, answer.text))
+        self.last_answer = answer
+        return answer
 
     def reset(self) -> None:
         self.turns.clear()
         self._session.reset()
 
 
-def _generation_config(kwargs: dict[str, Any]) -> GenerationConfig:
+def generation_config(kwargs: dict[str, Any]) -> GenerationConfig:
     config = kwargs.pop("config", None)
     if config is not None:
         if kwargs:

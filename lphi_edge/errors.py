@@ -25,3 +25,7 @@ class ContextLengthError(LphiError):
 
 class ConfigError(LphiError, ValueError):
     """A configuration value is invalid; the message names the field."""
+
+
+class GenerationInProgressError(LphiError):
+    """A streamed answer is still open on the same session."""

@@ -106,3 +106,37 @@ def test_text_stream_holds_back_what_may_change():
     s = TextStream(tok, stop=())
     assert s.update([0, 3]) == "Hello"  # incomplete UTF-8 held back
     assert s.update([0, 4]) == "é"
+
+
+def test_ask_while_a_stream_is_open_is_refused(assistant, frame):
+    from lphi_edge.errors import GenerationInProgressError
+
+    s = assistant.stream(frame, Q, max_new_tokens=20)
+    first = next(s)
+    with pytest.raises(GenerationInProgressError, match="still open"):
+        assistant.ask(frame, Q, max_new_tokens=4)
+    rest = "".join(s)  # the open stream is unharmed and completes
+    assert first + rest == assistant.last_answer.text == assistant.ask(frame, Q, max_new_tokens=20).text
+
+
+def test_stream_validates_options_at_call_time(assistant, frame):
+    with pytest.raises(ConfigError):
+        assistant.stream(frame, Q, max_new_tokens=0)
+
+
+def test_text_only_question(assistant):
+    ans = assistant.ask(None, "Say hello.", max_new_tokens=6)
+    expected_ids = assistant.tokenizer.encode_prompt(assistant.template.prompt([("Say hello.", None)], image=False))
+    assert -200 not in expected_ids
+    assert ans.timings.vision_ms == 0 and ans.timings.prompt_tokens == len(expected_ids)
+    assert len(ans.token_ids) > 0
+
+
+def test_chat_stream_records_turns(assistant, frame):
+    chat = assistant.chat(frame)
+    text = "".join(chat.stream("What is in the image?", max_new_tokens=8))
+    assert chat.turns == [("What is in the image?", text)] and chat.last_answer.text == text
+    second = chat.ask("And the colour?", max_new_tokens=8)
+    assert len(chat.turns) == 2 and second.timings.cached_tokens > 0
+    chat.reset()
+    assert chat.turns == []

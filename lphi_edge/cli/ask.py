@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def _main() -> int:
-        from lphi_edge.assistant import Assistant, _generation_config
+        from lphi_edge.assistant import Assistant, generation_config
         from lphi_edge.processing.image import load_image
         from lphi_edge.processing.template import check_question
 
         # Cheap checks first: a bad image or prompt must not wait for the weights to load.
-        gen = _generation_config(dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        gen = generation_config(dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=tuple(args.stop)))
         check_question(args.prompt)
         image = load_image(args.image)

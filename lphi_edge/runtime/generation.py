@@ -14,14 +14,16 @@ import logging
 import time
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from lphi_edge.errors import ConfigError, ContextLengthError, PromptError
+from lphi_edge.errors import ConfigError, ContextLengthError, GenerationInProgressError, PromptError
 from lphi_edge.processing.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
 from lphi_edge.runtime.backend import Backend, KVCache
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -176,11 +178,23 @@ class Sampler:
         return int(order[self.rng.choice(len(order), p=p)])
 
 
+def drain(steps: Generator[str, None, T], on_text: Callable[[str], None] | None = None) -> T:
+    """Run a text-yielding generator to its end, passing each piece to `on_text`; return its value."""
+    while True:
+        try:
+            piece = next(steps)
+        except StopIteration as done:
+            return done.value
+        if on_text is not None:
+            on_text(piece)
+
+
 @dataclass
 class Session:
     """A KV cache and the keys of the positions it holds; prompts sharing a prefix reuse it.
 
-    Position keys: a token id for text, (image key, i) for the i-th embedding of an image.
+    Position keys: a token id for text, (image key, i) for the i-th embedding of an image. Reusing a
+    prefix is exact (same positions, same values); only the uncached positions are computed.
     """
 
     backend: Backend
@@ -188,28 +202,15 @@ class Session:
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
     cache: KVCache | None = None
     keys: list[Hashable] = field(default_factory=list)
+    busy: bool = False
 
     def reset(self) -> None:
         self.cache, self.keys = None, []
 
-    def generate(
-        self,
-        prompt_ids: list[int],
-        images: Sequence[ImageInput],
-        config: GenerationConfig,
-        on_text: Callable[[str], None] | None = None,
-        timings: Timings | None = None,
-        t_start: float | None = None,
-    ) -> GenerationResult:
+    def generate(self, prompt_ids: list[int], images: Sequence[ImageInput], config: GenerationConfig,
+                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
         """Answer one prompt, calling `on_text` with each piece of final text as it is produced."""
-        steps = self.iter_generate(prompt_ids, images, config, timings, t_start)
-        while True:
-            try:
-                piece = next(steps)
-            except StopIteration as done:
-                return done.value
-            if on_text is not None:
-                on_text(piece)
+        return drain(self.iter_generate(prompt_ids, images, config), on_text)
 
     def iter_generate(
         self,
@@ -221,42 +222,35 @@ class Session:
     ) -> Generator[str, None, GenerationResult]:
         """Yield text pieces; the generator's return value is the GenerationResult.
 
-        `prompt_ids` holds IMAGE_TOKEN_INDEX once per entry of `images`. Closing the generator early
+        `prompt_ids` holds IMAGE_TOKEN_INDEX once per entry of `images`. Timings count from `t_start`
+        (default: now) and include the consumer's time between pieces. Closing the generator early
         leaves the session consistent (the cache holds exactly the positions in `keys`).
         """
-        backend, spec = self.backend, self.backend.spec
-        t_start = time.perf_counter() if t_start is None else t_start
-        timings = timings or Timings()
+        if self.busy:
+            raise GenerationInProgressError(
+                "a streamed answer from this session is still open: iterate it to the end or close() it first"
+            )
+        self.busy = True
+        try:
+            return (yield from self._generate(prompt_ids, images, config, timings or Timings(),
+                                              time.perf_counter() if t_start is None else t_start))
+        finally:
+            self.busy = False
+
+    def _generate(self, prompt_ids: list[int], images: Sequence[ImageInput], config: GenerationConfig,
+                  timings: Timings, t_start: float) -> Generator[str, None, GenerationResult]:
+        spec = self.backend.spec
         keys = self._position_keys(prompt_ids, images)
         total = len(keys)
-        if total > spec.context_length:
-            n_img = len(images)
-            raise ContextLengthError(
-                f"prompt does not fit the context: {total} positions ({total - n_img * spec.image_tokens} text "
-                f"tokens + {n_img} image × {spec.image_tokens}) > context length {spec.context_length}; "
-                "shorten the prompt or the conversation"
-            )
+        reuse = self._reuse_prefix(keys)
 
-        # Reuse the longest cached prefix; at least the last prompt position is recomputed for its logits.
-        reuse = 0
-        if self.cache is not None:
-            limit = min(len(self.keys), total - 1)
-            while reuse < limit and self.keys[reuse] == keys[reuse]:
-                reuse += 1
-            self.cache.crop(reuse)
-        else:
-            self.cache = backend.new_cache(1)
-        self.keys = self.keys[:reuse]
-
-        # Prefill: embeddings of the uncached positions, image features spliced at their slots.
         t0 = time.perf_counter()
-        embeds = self._prompt_embeds(prompt_ids, images, start=reuse)  # (1, total - reuse, D)
-        logits = self._forward(embeds, keys[reuse:])
+        logits = self._forward(self._prompt_embeds(prompt_ids, images, start=reuse), keys[reuse:])
         sampler = Sampler(config)
         stream = TextStream(self.tokenizer, config.stop)
-        budget = min(config.max_new_tokens, spec.context_length - total + 1)
-        generated: list[int] = []
+        budget = min(config.max_new_tokens, spec.context_length - total + 1)  # never past the context
         finish = "length" if budget == config.max_new_tokens else "context"
+        generated: list[int] = []
         token = sampler(logits[0, -1])
         t1 = time.perf_counter()
         timings.prefill_ms += (t1 - t0) * 1e3
@@ -276,7 +270,7 @@ class Session:
                 break
             if len(generated) >= budget:
                 break
-            step = backend.embed(np.array([[token]], dtype=np.int64))  # (1, 1, D)
+            step = self.backend.embed(np.array([[token]], dtype=np.int64))  # (1, 1, D)
             logits = self._forward(step, [token])
             token = sampler(logits[0, -1])
 
@@ -289,11 +283,23 @@ class Session:
         timings.new_tokens = len(generated) + (finish == "eos")
         return GenerationResult(generated, text, finish, timings)
 
+    def _reuse_prefix(self, keys: list[Hashable]) -> int:
+        """Crop the cache to the longest prefix shared with `keys` (leaving ≥ 1 position to compute)."""
+        if self.cache is None:
+            self.cache, self.keys = self.backend.new_cache(1), []
+            return 0
+        limit = min(len(self.keys), len(keys) - 1)
+        reuse = 0
+        while reuse < limit and self.keys[reuse] == keys[reuse]:
+            reuse += 1
+        self.cache.crop(reuse)
+        del self.keys[reuse:]
+        return reuse
+
     def _forward(self, embeds: np.ndarray, new_keys: list[Hashable]) -> np.ndarray:
         """Run embeds (1, S, D) after the cached positions; returns logits (1, S', V)."""
-        assert self.cache is not None
-        past = len(self.keys)
-        s = embeds.shape[1]
+        assert self.cache is not None and len(new_keys) == embeds.shape[1]
+        past, s = len(self.keys), embeds.shape[1]
         mask = np.ones((1, past + s), dtype=np.int64)  # (1, P + S)
         positions = np.arange(past, past + s, dtype=np.int64)[None]  # (1, S)
         logits, self.cache = self.backend.decode(embeds, mask, positions, self.cache)
@@ -301,37 +307,50 @@ class Session:
         return logits
 
     def _position_keys(self, prompt_ids: list[int], images: Sequence[ImageInput]) -> list[Hashable]:
+        """One key per prompt position; checks image count, feature shapes and the context length."""
+        spec = self.backend.spec
         n_slots = prompt_ids.count(IMAGE_TOKEN_INDEX)
         if n_slots != len(images):
             raise PromptError(f"prompt has {n_slots} image placeholder(s) but {len(images)} image(s) were given")
-        n = self.backend.spec.image_tokens
+        for img in images:
+            if img.features.shape != (spec.image_tokens, spec.hidden_size):
+                raise PromptError(f"image features have shape {img.features.shape}, "
+                                  f"expected ({spec.image_tokens}, {spec.hidden_size})")
         keys: list[Hashable] = []
         it = iter(images)
         for tok in prompt_ids:
             if tok == IMAGE_TOKEN_INDEX:
-                img = next(it)
-                keys.extend((img.key, i) for i in range(n))
+                key = next(it).key
+                keys.extend((key, i) for i in range(spec.image_tokens))
             else:
                 keys.append(tok)
+        if len(keys) > spec.context_length:
+            n_img = len(images)
+            raise ContextLengthError(
+                f"prompt does not fit the context: {len(keys)} positions ({len(keys) - n_img * spec.image_tokens} "
+                f"text tokens + {n_img} image × {spec.image_tokens}) > context length {spec.context_length}; "
+                "shorten the prompt or the conversation"
+            )
         return keys
 
     def _prompt_embeds(self, prompt_ids: list[int], images: Sequence[ImageInput], start: int) -> np.ndarray:
-        """Embeddings for prompt positions [start:], image features spliced in: (1, S, D)."""
-        spec = self.backend.spec
-        text_ids = [t for t in prompt_ids if t != IMAGE_TOKEN_INDEX]
-        text_emb = self.backend.embed(np.array([text_ids], dtype=np.int64))[0] if text_ids else None  # (T, D)
-        parts: list[np.ndarray] = []
-        ti, ii = 0, 0
+        """Embeddings of prompt positions [start:], image features spliced in: (1, S, D).
+
+        Only text at positions ≥ start is embedded (one backend call); cached positions cost nothing.
+        """
+        pieces: list[tuple[str, int, object]] = []  # ("text", pos, token) | ("image", pos, features)
+        pos, it = 0, iter(images)
         for tok in prompt_ids:
             if tok == IMAGE_TOKEN_INDEX:
-                feats = images[ii].features
-                if feats.shape != (spec.image_tokens, spec.hidden_size):
-                    raise PromptError(
-                        f"image features have shape {feats.shape}, expected ({spec.image_tokens}, {spec.hidden_size})"
-                    )
-                parts.append(feats.astype(np.float32, copy=False))
-                ii += 1
+                feats = next(it).features  # (N, D)
+                if pos + len(feats) > start:
+                    pieces.append(("image", pos, feats[max(0, start - pos):]))
+                pos += len(feats)
             else:
-                parts.append(text_emb[ti : ti + 1])
-                ti += 1
-        return np.concatenate(parts, axis=0)[start:][None]  # (1, S, D)
+                if pos >= start:
+                    pieces.append(("text", pos, tok))
+                pos += 1
+        text_ids = [tok for kind, _, tok in pieces if kind == "text"]
+        text_emb = iter(self.backend.embed(np.array([text_ids], dtype=np.int64))[0]) if text_ids else iter(())
+        rows = [next(text_emb)[None] if kind == "text" else np.asarray(x, np.float32) for kind, _, x in pieces]
+        return np.concatenate(rows, axis=0)[None]  # (1, S, D)
