@@ -93,3 +93,38 @@ def test_missing_tokenizer(tiny_ckpt, tmp_path):
     (bad / "tokenizer.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot load tokenizer"):
         Tokenizer.from_dir(bad)
+
+
+def test_clean_up_tokenization_spaces_like_transformers(tiny_ckpt, tmp_path):
+    """Phi-2's tokenizer_config asks for clean-up, which transformers 4.36 (the original code base) applied.
+    transformers 5 skips it for BPE unless forced; forced, it is the same function."""
+    from transformers import PreTrainedTokenizerFast
+
+    d = tmp_path / "clean"
+    shutil.copytree(tiny_ckpt, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["clean_up_tokenization_spaces"] = True
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ours = Tokenizer.from_dir(d)
+    hf = PreTrainedTokenizerFast.from_pretrained(
+        str(d), clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True)
+    text = "I do n't know . Is it red ? yes , it 's the robot ' s cup !"
+    ids = ours.encode(text)
+    assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True) == "I don't know. Is it red? yes, it's the robot's cup!"
+    assert Tokenizer.from_dir(tiny_ckpt).decode(ids) == text  # off unless configured
+
+
+def test_stream_never_rewrites_released_text_under_clean_up(tiny_ckpt, tmp_path):
+    from lphi_edge.runtime.generation import TextStream
+
+    d = tmp_path / "clean"
+    shutil.copytree(tiny_ckpt, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["clean_up_tokenization_spaces"] = True
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = Tokenizer.from_dir(d)
+    ids = tok.encode("I do n't know . Is it ? yes")
+    s = TextStream(tok, stop=())
+    released = "".join(s.update(ids[: k + 1]) for k in range(len(ids)))
+    last, final = s.finish(ids)
+    assert released + last == final == "I don't know. Is it? yes"

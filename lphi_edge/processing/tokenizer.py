@@ -30,11 +30,22 @@ TOKENIZER_FILES = (
 )
 
 
-class Tokenizer:
-    """Thin wrapper over `tokenizers.Tokenizer` with LLaVA's image-aware prompt tokenization."""
+# transformers' `clean_up_tokenization`, applied when tokenizer_config.json asks for it as Phi-2's does:
+# transformers 4.36 (the original code base) applied it to every answer; transformers 5 skips it for
+# BPE tokenizers unless forced, so it is reproduced here to give the original's text.
+_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
-    def __init__(self, tok: HFTokenizer, eos_token: str = EOS_TEXT):
+
+class Tokenizer:
+    """Thin wrapper over `tokenizers.Tokenizer` with LLaVA's image-aware prompt tokenization.
+
+    `clean_up_spaces` mirrors tokenizer_config.json's `clean_up_tokenization_spaces`.
+    """
+
+    def __init__(self, tok: HFTokenizer, eos_token: str = EOS_TEXT, clean_up_spaces: bool = False):
         self._tok = tok
+        self.clean_up_spaces = clean_up_spaces
         eos_id = tok.token_to_id(eos_token)
         if eos_id is None:
             raise CheckpointError(f"tokenizer has no {eos_token!r} token: expected Phi-2's end-of-text token")
@@ -42,22 +53,24 @@ class Tokenizer:
         self.eos_token_id: int = eos_id
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Tokenizer:
+    def from_file(cls, path: str | os.PathLike, clean_up_spaces: bool = False) -> Tokenizer:
         try:
-            return cls(HFTokenizer.from_file(str(path)))
+            tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise CheckpointError(f"cannot load tokenizer {path}: {e}") from None
+        return cls(tok, clean_up_spaces=clean_up_spaces)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         """Load `tokenizer.json`; a checkpoint with only slow files (vocab.json + merges.txt) is
         converted once with transformers and the result saved beside it (or in the user cache)."""
         path = Path(path)
+        clean = bool(_read_json(path / "tokenizer_config.json").get("clean_up_tokenization_spaces", False))
         fast = path / "tokenizer.json"
         if fast.is_file():
-            return cls.from_file(fast)
+            return cls.from_file(fast, clean)
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-            return cls.from_file(convert_slow_tokenizer(path))
+            return cls.from_file(convert_slow_tokenizer(path), clean)
         raise CheckpointError(
             f"no tokenizer in {path}: expected tokenizer.json (or vocab.json + merges.txt to convert)"
         )
@@ -71,7 +84,16 @@ class Tokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        if self.clean_up_spaces:
+            for old, new in _CLEANUP:
+                text = text.replace(old, new)
+        return text
+
+    @property
+    def pending_patterns(self) -> tuple[str, ...]:
+        """Strings whose completion changes already-decoded text (streaming holds their prefixes back)."""
+        return tuple(old for old, _ in _CLEANUP) if self.clean_up_spaces else ()
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Split on `<image>`, tokenize each chunk separately, join with IMAGE_TOKEN_INDEX."""
@@ -119,12 +141,11 @@ def tokenizer_files(path: str | os.PathLike) -> list[Path]:
     return [Path(path) / f for f in TOKENIZER_FILES if (Path(path) / f).is_file()]
 
 
-def read_generation_eos(path: str | os.PathLike) -> list[int]:
-    """Extra eos ids from generation_config.json, if any."""
-    gc = Path(path) / "generation_config.json"
-    if not gc.is_file():
-        return []
-    eos = json.loads(gc.read_text()).get("eos_token_id")
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    return d if isinstance(d, dict) else {}

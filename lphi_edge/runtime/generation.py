@@ -110,11 +110,13 @@ class TextStream:
     """Incremental detokenisation: releases only text that can no longer change.
 
     Held back: incomplete UTF-8 (U+FFFD at the end), trailing whitespace (the final text is stripped),
-    and any tail that could still grow into a stop string. All released pieces joined equal the final text.
+    and any tail that could still grow into a stop string or a decode clean-up pattern (" n't" → "n't").
+    All released pieces joined equal the final text.
     """
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]):
         self.tokenizer, self.stop = tokenizer, tuple(stop)
+        self.hold = self.stop + tuple(getattr(tokenizer, "pending_patterns", ()))
         self.released = 0
         self.stopped = False
 
@@ -137,7 +139,7 @@ class TextStream:
         """Drop, until nothing changes, trailing whitespace, U+FFFD and stop-string prefixes."""
         while True:
             kept = text.rstrip().rstrip("\ufffd")
-            for s in self.stop:
+            for s in self.hold:
                 k = next((k for k in range(min(len(s) - 1, len(kept)), 0, -1) if kept.endswith(s[:k])), 0)
                 kept = kept[: len(kept) - k]
             if kept == text:
