@@ -26,7 +26,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import shapes_frame  # noqa: E402
 from lphi_edge import Assistant  # noqa: E402
 from lphi_edge.model.checkpoint import default_dtype, resolve_dtype  # noqa: E402
 from lphi_edge.model.config import LlavaPhiConfig  # noqa: E402
@@ -37,9 +36,15 @@ from lphi_edge.processing.template import get_template  # noqa: E402
 from lphi_edge.processing.tokenizer import Tokenizer  # noqa: E402
 from lphi_edge.runtime.torch_backend import TorchBackend  # noqa: E402
 
+from conftest import shapes_frame  # noqa: E402
+
 DEVICE = "cuda"  # --device cpu only to dry-run this script without a GPU
-PROMPTS = ["What shape is in the image?", "How many shapes are there?", "Is there a red circle?",
-           "Describe the scene in front of the robot."]
+PROMPTS = [
+    "What shape is in the image?",
+    "How many shapes are there?",
+    "Is there a red circle?",
+    "Describe the scene in front of the robot.",
+]
 
 
 def cosine(a, b) -> float:
@@ -52,14 +57,16 @@ def parity(tmp: Path) -> dict:
     cpu = Assistant.from_pretrained(ckpt)
     out: dict = {}
     frames = [shapes_frame(200 + 30 * k, 220 - 20 * k, seed=k) for k in range(4)]
-    ref = [cpu.ask(f, q, max_new_tokens=16).token_ids for f, q in zip(frames, PROMPTS)]
+    ref = [cpu.ask(f, q, max_new_tokens=16).token_ids for f, q in zip(frames, PROMPTS, strict=False)]
     for dtype in ("fp32", "fp16", "bf16"):
         gpu = Assistant.from_pretrained(ckpt, device=DEVICE, dtype=dtype)
-        got = [gpu.ask(f, q, max_new_tokens=16).token_ids for f, q in zip(frames, PROMPTS)]
+        got = [gpu.ask(f, q, max_new_tokens=16).token_ids for f, q in zip(frames, PROMPTS, strict=False)]
         px = cpu.processor(frames[0])
-        match = [sum(x == y for x, y in zip(a, b)) / max(len(a), 1) for a, b in zip(ref, got)]
+        match = [
+            sum(x == y for x, y in zip(a, b, strict=False)) / max(len(a), 1) for a, b in zip(ref, got, strict=False)
+        ]
         out[dtype] = {
-            "identical_answers": sum(a == b for a, b in zip(ref, got)),
+            "identical_answers": sum(a == b for a, b in zip(ref, got, strict=False)),
             "answers": len(ref),
             "token_match_rate": round(float(np.mean(match)), 4),
             "vision_feature_cosine": round(cosine(cpu.backend.encode_images(px), gpu.backend.encode_images(px)), 6),
@@ -116,21 +123,33 @@ def latency(tmp: Path, dtype: str, runs: int, new_tokens: int) -> dict:
         t0 = time.perf_counter()
         feats = model.encode_images(px)
         emb = lm.get_input_embeddings()
-        x = torch.cat([emb(torch.tensor([ids[:k]], device=DEVICE)), feats,
-                       emb(torch.tensor([ids[k + 1:]], device=DEVICE))], 1)
-        lm.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long, device=DEVICE),
-                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        x = torch.cat(
+            [emb(torch.tensor([ids[:k]], device=DEVICE)), feats, emb(torch.tensor([ids[k + 1 :]], device=DEVICE))], 1
+        )
+        lm.generate(
+            inputs_embeds=x,
+            attention_mask=torch.ones(x.shape[:2], dtype=torch.long, device=DEVICE),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
         sync()
         if i >= 2:
             base.append((time.perf_counter() - t0) * 1e3)
     res = {
-        "dtype": dtype, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "runs": runs,
+        "dtype": dtype,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "runs": runs,
         "lphi_edge": {k: pct(v) for k, v in stages.items()},
         "hf_generate_end_to_end_ms": pct(base),
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if DEVICE == "cuda" else None,
         "weights_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
     }
-    res["speedup_end_to_end_vs_hf"] = round(res["hf_generate_end_to_end_ms"]["p50"] / res["lphi_edge"]["total_ms"]["p50"], 3)
+    res["speedup_end_to_end_vs_hf"] = round(
+        res["hf_generate_end_to_end_ms"]["p50"] / res["lphi_edge"]["total_ms"]["p50"], 3
+    )
     del model, backend, a
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -152,17 +171,23 @@ def main() -> int:
     import transformers
 
     result: dict = {
-        "machine": {"gpu": torch.cuda.get_device_name(0) if gpu else None,
-                    "capability": list(torch.cuda.get_device_capability(0)) if gpu else None,
-                    "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__},
+        "machine": {
+            "gpu": torch.cuda.get_device_name(0) if gpu else None,
+            "capability": list(torch.cuda.get_device_capability(0)) if gpu else None,
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+        },
         "command": " ".join(sys.argv),
     }
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         result["parity_tiny"] = parity(Path(tmp)) if gpu else write_tiny_checkpoint(Path(tmp) / "tiny") and None
-        result["latency_full_size"] = [latency(Path(tmp), d, args.runs, args.new_tokens)
-                                       for d in args.dtypes.split(",")]
+        result["latency_full_size"] = [
+            latency(Path(tmp), d, args.runs, args.new_tokens) for d in args.dtypes.split(",")
+        ]
         result["wall_s"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,15 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
 class Assistant:
     """A vision-language assistant over any backend, sharing one generation loop."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, processor: ProcessorConfig, template: Template,
-                 eos_token_ids: set[int] | None = None, image_cache_size: int = 4):
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: Tokenizer,
+        processor: ProcessorConfig,
+        template: Template,
+        eos_token_ids: set[int] | None = None,
+        image_cache_size: int = 4,
+    ):
         self.backend = backend
         self.tokenizer = tokenizer
         self.processor = ImageProcessor(processor)
@@ -90,8 +97,14 @@ class Assistant:
         self.last_answer: Answer | None = None  # of the last completed stream()
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, backend: str = "torch", device: str = "cpu",
-                        dtype: str | None = None, **kwargs: Any) -> Assistant:
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        backend: str = "torch",
+        device: str = "cpu",
+        dtype: str | None = None,
+        **kwargs: Any,
+    ) -> Assistant:
         """Load a checkpoint directory. `dtype` (torch backend): fp32 (default, as the original), fp16, bf16."""
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
@@ -145,8 +158,9 @@ class Assistant:
     def _new_session(self) -> Session:
         return Session(self.backend, self.tokenizer, self.eos_token_ids)
 
-    def _run(self, session: Session, turns: list[tuple[str, str | None]], image: FrameInput | None,
-             config: GenerationConfig) -> Generator[str, None, Answer]:
+    def _run(
+        self, session: Session, turns: list[tuple[str, str | None]], image: FrameInput | None, config: GenerationConfig
+    ) -> Generator[str, None, Answer]:
         """The one path of every call: template → tokens → image features → shared generation loop."""
         with self._lock:
             t0 = time.perf_counter()
@@ -156,8 +170,9 @@ class Assistant:
             images = [] if image is None else [self._image_features(image, timings)]
             result = yield from session.iter_generate(prompt_ids, images, config, timings, t0)
             be = self.backend
-            return Answer(result.text, result.token_ids, result.timings, result.finish_reason,
-                          be.name, be.precision, be.device)
+            return Answer(
+                result.text, result.token_ids, result.timings, result.finish_reason, be.name, be.precision, be.device
+            )
 
     def _image_features(self, image: FrameInput, timings: Timings) -> ImageInput:
         t0 = time.perf_counter()

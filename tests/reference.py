@@ -68,12 +68,31 @@ class ReferenceLlavaPhi:
         self.cfg = cfg
         tower = cfg["vision_config"]["vision_tower"]
         self.select_layer = tower["mm_vision_select_layer"]
-        vision_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                       "image_size", "patch_size", "hidden_act", "layer_norm_eps", "num_channels")
+        vision_keys = (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "image_size",
+            "patch_size",
+            "hidden_act",
+            "layer_norm_eps",
+            "num_channels",
+        )
         self.vision = CLIPVisionModel(CLIPVisionConfig(**{k: tower[k] for k in vision_keys})).eval()
-        text_keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "hidden_act", "max_position_embeddings", "layer_norm_eps", "partial_rotary_factor", "rope_theta",
-                     "qk_layernorm")
+        text_keys = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "hidden_act",
+            "max_position_embeddings",
+            "layer_norm_eps",
+            "partial_rotary_factor",
+            "rope_theta",
+            "qk_layernorm",
+        )
         self.phi = PhiForCausalLM(PhiConfig(**{k: cfg[k] for k in text_keys})).eval()
         d_v, d_t = tower["hidden_size"], cfg["hidden_size"]
         self.projector = nn.Sequential(nn.Linear(d_v, d_t), nn.GELU(), nn.Linear(d_t, d_t)).eval()
@@ -82,8 +101,8 @@ class ReferenceLlavaPhi:
         for f in sorted(ckpt.glob("*.safetensors")):
             weights.update(load_file(str(f)))
         vp, pp = "model.vision_tower.vision_model.", "model.mm_projector."
-        self.vision.load_state_dict({k[len(vp):]: v for k, v in weights.items() if k.startswith(vp)})
-        self.projector.load_state_dict({k[len(pp):]: v for k, v in weights.items() if k.startswith(pp)})
+        self.vision.load_state_dict({k[len(vp) :]: v for k, v in weights.items() if k.startswith(vp)})
+        self.projector.load_state_dict({k[len(pp) :]: v for k, v in weights.items() if k.startswith(pp)})
         self.phi.load_state_dict({k: v for k, v in weights.items() if not k.startswith((vp, pp))})
         assert self.phi.lm_head.bias is not None and self.phi.lm_head.bias.abs().sum() > 0
         self.tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
@@ -100,8 +119,12 @@ class ReferenceLlavaPhi:
         ids_a = torch.tensor([self.tokenizer.encode(after, add_special_tokens=False).ids])
         embeds = torch.cat([emb(ids_b), feats, emb(ids_a)], dim=1)
         out = self.phi.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos, pad_token_id=self.eos,
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eos,
+            pad_token_id=self.eos,
         )
         ids = out[0].tolist()
         return ids[: ids.index(self.eos)] if self.eos in ids else ids

@@ -109,8 +109,9 @@ def _pickle_only(d: Path) -> None:
 
 
 def _missing_shard(d: Path) -> None:
-    (d / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}})
+    )
 
 
 CASES = {
@@ -145,8 +146,7 @@ def test_cli_bad_inputs(tiny_ckpt, tmp_path, lphi_ask):
     assert_one_line_error(lphi_ask(tiny_ckpt, image=text), "cannot read image", "notes.txt")
     assert_one_line_error(lphi_ask(tiny_ckpt, image=tmp_path / "nope.png"), "image file not found")
     assert_one_line_error(lphi_ask(tiny_ckpt, prompt="   "), "prompt is empty")
-    assert_one_line_error(lphi_ask(tiny_ckpt, prompt="word " * 400), "does not fit the context",
-                          "context length 256")
+    assert_one_line_error(lphi_ask(tiny_ckpt, prompt="word " * 400), "does not fit the context", "context length 256")
     assert_one_line_error(lphi_ask(tmp_path / "absent"), "model not found")
     assert_one_line_error(lphi_ask(tiny_ckpt, "--max-new-tokens", "0"), "max_new_tokens")
     assert_one_line_error(lphi_ask(tiny_ckpt, "--temperature", "-1"), "temperature")

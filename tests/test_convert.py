@@ -13,10 +13,11 @@ import torch
 from tokenizers import AddedToken, Tokenizer
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, PhiConfig
 
-from conftest import shapes_frame
 from lphi_edge import Assistant
 from lphi_edge.errors import CheckpointError
 from lphi_edge.model.convert import convert_llava_hf
+
+from conftest import shapes_frame
 from reference import phi_v0_prompt
 
 IMAGE_SIZE, N_IMAGE_TOKENS = 56, 16
@@ -30,14 +31,35 @@ def llava_hf(tmp_path_factory, tiny_ckpt) -> Path:
     tok.add_special_tokens([AddedToken("<image>", special=True, normalized=False)])
     image_id = tok.token_to_id("<image>")
     eos = tok.token_to_id("<|endoftext|>")
-    text = PhiConfig(vocab_size=384, hidden_size=80, intermediate_size=320, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=256, partial_rotary_factor=0.4,
-                     bos_token_id=eos, eos_token_id=eos)
-    vision = CLIPVisionConfig(hidden_size=48, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=IMAGE_SIZE, patch_size=14, projection_dim=48)
-    config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=image_id,
-                         image_seq_length=N_IMAGE_TOKENS, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    text = PhiConfig(
+        vocab_size=384,
+        hidden_size=80,
+        intermediate_size=320,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        partial_rotary_factor=0.4,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=48,
+        intermediate_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=14,
+        projection_dim=48,
+    )
+    config = LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=image_id,
+        image_seq_length=N_IMAGE_TOKENS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -46,8 +68,9 @@ def llava_hf(tmp_path_factory, tiny_ckpt) -> Path:
     model.save_pretrained(out)
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
-    CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                          crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    ).save_pretrained(out)
     return out
 
 
@@ -57,14 +80,24 @@ def hf_generate(src: Path, image: np.ndarray, prompt: str, max_new_tokens: int) 
     proc = CLIPImageProcessorPil.from_pretrained(src)
     pixels = torch.tensor(np.asarray(proc(image, return_tensors="np")["pixel_values"]))
     before, after = prompt.split("<image>")
-    ids = (tok.encode(before, add_special_tokens=False).ids + [model.config.image_token_id] * N_IMAGE_TOKENS
-           + tok.encode(after, add_special_tokens=False).ids)
+    ids = (
+        tok.encode(before, add_special_tokens=False).ids
+        + [model.config.image_token_id] * N_IMAGE_TOKENS
+        + tok.encode(after, add_special_tokens=False).ids
+    )
     input_ids = torch.tensor([ids])
     eos = tok.token_to_id("<|endoftext|>")
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, pixel_values=pixels, attention_mask=torch.ones_like(input_ids),
-                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)
-    new = out[0, len(ids):].tolist()
+        out = model.generate(
+            input_ids=input_ids,
+            pixel_values=pixels,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    new = out[0, len(ids) :].tolist()
     return new[: new.index(eos)] if eos in new else new
 
 

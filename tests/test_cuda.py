@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shapes_frame
 from lphi_edge import Assistant
+
+from conftest import shapes_frame
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -47,8 +48,9 @@ def test_cuda_half_precision_parity(tiny_ckpt, cpu, dtype):
     for a in (cpu, gpu):
         s = Session(a.backend, a.tokenizer)
         emb = s._prompt_embeds(ids, [ImageInput("f", f32[0])], start=0)
-        out, _ = a.backend.decode(emb, np.ones((1, emb.shape[1]), np.int64),
-                                  np.arange(emb.shape[1])[None], a.backend.new_cache())
+        out, _ = a.backend.decode(
+            emb, np.ones((1, emb.shape[1]), np.int64), np.arange(emb.shape[1])[None], a.backend.new_cache()
+        )
         logits.append(out[0, -1])
     assert cosine(*logits) >= 0.999
     assert len(gpu.ask(img, PROMPTS[0], max_new_tokens=8).token_ids) > 0

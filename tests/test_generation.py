@@ -76,8 +76,15 @@ def test_context_budget_caps_generation(assistant, frame):
 
 
 def test_generation_options_are_validated(assistant, frame):
-    for bad in (dict(max_new_tokens=0), dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1),
-                dict(stop=("",)), dict(beams=4)):
+    for bad in (
+        dict(max_new_tokens=0),
+        dict(temperature=-0.1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=-1),
+        dict(stop=("",)),
+        dict(beams=4),
+    ):
         with pytest.raises(ConfigError):
             assistant.ask(frame, Q, **bad)
 

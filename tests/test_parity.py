@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shapes_frame
 from lphi_edge import Assistant
 from lphi_edge.model.checkpoint import load_checkpoint, save_checkpoint
 from lphi_edge.model.checkpoint import processor_config as read_processor_config
+
+from conftest import shapes_frame
 from reference import ReferenceLlavaPhi, phi_v0_prompt
 
 PROMPTS = ["What shape is in the image?", "How many shapes are there?", "Is there a red circle? Answer yes or no."]
@@ -122,8 +123,9 @@ def test_save_load_round_trip_and_shards(tiny_ckpt, tmp_path, frame):
     expected = Assistant.from_pretrained(tiny_ckpt).ask(frame, PROMPTS[0], max_new_tokens=16).token_ids
     proc = read_processor_config(tiny_ckpt, model.config)
     single = save_checkpoint(model, tmp_path / "single", tokenizer_dir=tiny_ckpt, processor=proc)
-    sharded = save_checkpoint(model, tmp_path / "sharded", tokenizer_dir=tiny_ckpt, processor=proc,
-                              max_shard_size="200KB")
+    sharded = save_checkpoint(
+        model, tmp_path / "sharded", tokenizer_dir=tiny_ckpt, processor=proc, max_shard_size="200KB"
+    )
     shards = sorted(p.name for p in sharded.glob("*.safetensors"))
     assert len(shards) > 2 and (sharded / "model.safetensors.index.json").is_file()
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
@@ -138,13 +140,22 @@ def test_native_key_names(tiny_ckpt):
 
     with safe_open(str(tiny_ckpt / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-    for k in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.dense.bias",
-              "model.layers.0.mlp.fc1.weight", "model.layers.0.input_layernorm.weight", "model.final_layernorm.weight",
-              "lm_head.weight", "lm_head.bias", "model.mm_projector.0.weight", "model.mm_projector.2.bias",
-              "model.vision_tower.vision_model.embeddings.patch_embedding.weight",
-              "model.vision_tower.vision_model.pre_layrnorm.weight",
-              "model.vision_tower.vision_model.encoder.layers.0.self_attn.k_proj.weight",
-              "model.vision_tower.vision_model.post_layernorm.weight"):
+    for k in (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.dense.bias",
+        "model.layers.0.mlp.fc1.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.final_layernorm.weight",
+        "lm_head.weight",
+        "lm_head.bias",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.2.bias",
+        "model.vision_tower.vision_model.embeddings.patch_embedding.weight",
+        "model.vision_tower.vision_model.pre_layrnorm.weight",
+        "model.vision_tower.vision_model.encoder.layers.0.self_attn.k_proj.weight",
+        "model.vision_tower.vision_model.post_layernorm.weight",
+    ):
         assert k in keys, k
     cfg = json.loads((tiny_ckpt / "config.json").read_text())
     assert cfg["model_type"] == "llava_phi" and cfg["partial_rotary_factor"] == 0.4
@@ -172,8 +183,23 @@ def test_lphi_ask_json_matches_reference(tiny_ckpt, tmp_path):
     decoded = np.asarray(Image.open(path).convert("RGB"))
     expected = ReferenceLlavaPhi(tiny_ckpt).generate(decoded, phi_v0_prompt([(PROMPTS[1], None)]), MAX_NEW)
     exe = Path(sys.executable).with_name("lphi-ask")
-    out = subprocess.run([str(exe), "--model", str(tiny_ckpt), "--image", str(path), "--prompt", PROMPTS[1],
-                          "--max-new-tokens", str(MAX_NEW), "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            str(exe),
+            "--model",
+            str(tiny_ckpt),
+            "--image",
+            str(path),
+            "--prompt",
+            PROMPTS[1],
+            "--max-new-tokens",
+            str(MAX_NEW),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["token_ids"] == expected
     assert result["backend"] == "torch"

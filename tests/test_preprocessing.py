@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from transformers import CLIPImageProcessorPil
 
-from conftest import shapes_frame
 from lphi_edge.errors import ImageError
 from lphi_edge.processing.image import ImageProcessor, ProcessorConfig, load_image
-from reference import expand2square
 
-from transformers import CLIPImageProcessorPil
+from conftest import shapes_frame
+from reference import expand2square
 
 
 def hf_pixels(img: Image.Image, size: int, pad: bool) -> np.ndarray:
@@ -38,7 +38,9 @@ SIZES = [(224, 224), (640, 480), (480, 640), (336, 336), (1000, 37), (37, 1000),
 def test_matches_clip_image_processor(wh, pad, size):
     w, h = wh
     img = Image.fromarray(shapes_frame(w, h, seed=w * 7 + h))
-    ours = ImageProcessor(ProcessorConfig(shortest_edge=size, crop_height=size, crop_width=size, pad_to_square=pad))(img)
+    ours = ImageProcessor(ProcessorConfig(shortest_edge=size, crop_height=size, crop_width=size, pad_to_square=pad))(
+        img
+    )
     ref = hf_pixels(img, size, pad)
     assert ours.shape == ref.shape == (1, 3, size, size)
     assert ours.dtype == np.float32
@@ -117,8 +119,10 @@ def test_bad_files(tmp_path):
 def test_processing_does_not_import_torch():
     import subprocess
 
-    code = ("import sys, lphi_edge, lphi_edge.processing.image, lphi_edge.processing.tokenizer, "
-            "lphi_edge.runtime.generation, lphi_edge.assistant; "
-            "bad = [m for m in ('torch', 'transformers', 'rclpy') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, lphi_edge, lphi_edge.processing.image, lphi_edge.processing.tokenizer, "
+        "lphi_edge.runtime.generation, lphi_edge.assistant; "
+        "bad = [m for m in ('torch', 'transformers', 'rclpy') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

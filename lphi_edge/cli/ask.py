@@ -45,8 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         from lphi_edge.processing.template import check_question
 
         # Cheap checks first: a bad image or prompt must not wait for the weights to load.
-        gen = generation_config(dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=tuple(args.stop)))
+        gen = generation_config(
+            dict(
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                top_k=args.top_k,
+                seed=args.seed,
+                stop=tuple(args.stop),
+            )
+        )
         check_question(args.prompt)
         image = load_image(args.image)
         assistant = Assistant.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
@@ -54,13 +62,17 @@ def main(argv: list[str] | None = None) -> int:
             answer = assistant.ask(image, args.prompt, config=gen)
             print(json.dumps(answer.to_dict(), ensure_ascii=False))
             return 0
-        answer = assistant.ask(image, args.prompt, config=gen,
-                               on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        answer = assistant.ask(
+            image, args.prompt, config=gen, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush())
+        )
         sys.stdout.write("\n")
         t = answer.timings
-        print(f"[{answer.backend} {answer.precision} {answer.device}] preprocess {t.preprocess_ms:.0f} ms · "
-              f"vision {t.vision_ms:.0f} ms · prefill {t.prefill_ms:.0f} ms · ttft {t.ttft_ms:.0f} ms · "
-              f"{t.new_tokens} tokens at {t.decode_tokens_per_s:.1f} tok/s ({answer.finish_reason})", file=sys.stderr)
+        print(
+            f"[{answer.backend} {answer.precision} {answer.device}] preprocess {t.preprocess_ms:.0f} ms · "
+            f"vision {t.vision_ms:.0f} ms · prefill {t.prefill_ms:.0f} ms · ttft {t.ttft_ms:.0f} ms · "
+            f"{t.new_tokens} tokens at {t.decode_tokens_per_s:.1f} tok/s ({answer.finish_reason})",
+            file=sys.stderr,
+        )
         return 0
 
     return run("lphi-ask", _main)

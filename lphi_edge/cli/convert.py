@@ -1,6 +1,6 @@
 """lphi-convert: a llava-hf LLaVA-Phi (LlavaForConditionalGeneration + Phi) → the native layout.
 
-    lphi-convert SRC DST [--shard-size 5GB] [--overwrite]
+lphi-convert SRC DST [--shard-size 5GB] [--overwrite]
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -152,20 +153,11 @@ def _make_readable(directory: Path) -> None:
         os.chmod(f, 0o666 & ~umask)
 
 
-def save_checkpoint(
-    model: LlavaPhiForCausalLM,
-    out: str | os.PathLike,
-    *,
-    tokenizer_dir: str | os.PathLike | None = None,
-    processor: ProcessorConfig | None = None,
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-) -> Path:
-    """Write `model` in the native layout (see `write_native`)."""
+def save_checkpoint(model: LlavaPhiForCausalLM, out: str | os.PathLike, **options: Any) -> Path:
+    """Write `model` in the native layout; `options` are those of `write_native` (tokenizer_dir,
+    processor, max_shard_size, overwrite)."""
     state = {k: v.detach() for k, v in model.native_state_dict().items()}
-    config = model.config.to_dict(dtype=CONFIG_DTYPE[model.dtype])
-    return write_native(state, config, out, tokenizer_dir=tokenizer_dir, processor=processor,
-                        max_shard_size=max_shard_size, overwrite=overwrite)
+    return write_native(state, model.config.to_dict(dtype=CONFIG_DTYPE[model.dtype]), out, **options)
 
 
 def write_native(
@@ -192,8 +184,9 @@ def write_native(
         split = split_torch_state_dict_into_shards(
             state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
         )
-        for filename, names in tqdm(split.filename_to_tensors.items(), desc="saving", unit="file",
-                                    disable=len(split.filename_to_tensors) < 2):
+        for filename, names in tqdm(
+            split.filename_to_tensors.items(), desc="saving", unit="file", disable=len(split.filename_to_tensors) < 2
+        ):
             save_file({n: state[n] for n in names}, str(tmp / filename), metadata={"format": "pt"})
         if split.is_sharded:
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}

@@ -94,7 +94,9 @@ class LlavaPhiConfig:
 
     def __post_init__(self) -> None:
         if self.projector_type not in PROJECTOR_TYPES:
-            raise ConfigError(f"mm_projector_type {self.projector_type!r} is not supported: expected one of {PROJECTOR_TYPES}")
+            raise ConfigError(
+                f"mm_projector_type {self.projector_type!r} is not supported: expected one of {PROJECTOR_TYPES}"
+            )
         if self.select_feature not in ("patch", "cls_patch"):
             raise ConfigError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {self.select_feature!r}")
         n = self.vision.num_hidden_layers
@@ -131,14 +133,20 @@ class LlavaPhiConfig:
             raise CheckpointError("config.json: vision_config must hold 'vision_tower' and 'mm_projector' sections")
         tower, proj = vc["vision_tower"], vc["mm_projector"]
         rope = d.get("rope_parameters") or {}
-        phi_kwargs = {k: d.get(k, default) for k, default in _PHI_FIELDS.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        phi_kwargs = {
+            k: d.get(k, default)
+            for k, default in _PHI_FIELDS.items()
+            if k not in ("rope_theta", "partial_rotary_factor")
+        }
         text = PhiConfig(
             **phi_kwargs,
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": float(d.get("rope_theta", rope.get("rope_theta", _PHI_FIELDS["rope_theta"]))),
                 "partial_rotary_factor": float(
-                    d.get("partial_rotary_factor", rope.get("partial_rotary_factor", _PHI_FIELDS["partial_rotary_factor"]))
+                    d.get(
+                        "partial_rotary_factor", rope.get("partial_rotary_factor", _PHI_FIELDS["partial_rotary_factor"])
+                    )
                 ),
             },
         )
@@ -149,9 +157,17 @@ class LlavaPhiConfig:
                 f"config.json: projector {mm_hidden}→{proj.get('hidden_size')} does not connect vision width "
                 f"{vision.hidden_size} to LM width {text.hidden_size}"
             )
-        known = set(_PHI_FIELDS) | {"model_type", "vision_config", "architectures", "rope_parameters",
-                                    "image_aspect_ratio", "lphi_edge_template", "torch_dtype", "dtype",
-                                    "transformers_version"}
+        known = set(_PHI_FIELDS) | {
+            "model_type",
+            "vision_config",
+            "architectures",
+            "rope_parameters",
+            "image_aspect_ratio",
+            "lphi_edge_template",
+            "torch_dtype",
+            "dtype",
+            "transformers_version",
+        }
         return cls(
             text=text,
             vision=vision,
@@ -177,12 +193,19 @@ class LlavaPhiConfig:
         d["lphi_edge_template"] = self.template
         d["torch_dtype"] = dtype
         tower = {k: getattr(v, k) for k in _CLIP_FIELDS}
-        tower.update(model_type="llava_phi_clip_vision_model", mm_vision_select_layer=self.select_layer,
-                     mm_vision_select_feature=self.select_feature)
+        tower.update(
+            model_type="llava_phi_clip_vision_model",
+            mm_vision_select_layer=self.select_layer,
+            mm_vision_select_feature=self.select_feature,
+        )
         d["vision_config"] = {
             "vision_tower": tower,
-            "mm_projector": {"model_type": "llava_phi_projector", "mm_projector_type": self.projector_type,
-                             "mm_hidden_size": v.hidden_size, "hidden_size": t.hidden_size},
+            "mm_projector": {
+                "model_type": "llava_phi_projector",
+                "mm_projector_type": self.projector_type,
+                "mm_hidden_size": v.hidden_size,
+                "hidden_size": t.hidden_size,
+            },
         }
         return d
 

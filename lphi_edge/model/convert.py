@@ -60,29 +60,36 @@ def read_llava_hf_config(src: Path) -> tuple[LlavaPhiConfig, dict]:
     if not isinstance(layer, int):
         raise CheckpointError(f"{f}: multi-layer vision_feature_layer {layer!r} is not supported by LLaVA-Phi")
     strategy = d.get("vision_feature_select_strategy", "default")
-    text = PhiConfig(**{k: v for k, v in tc.items() if k not in ("model_type", "architectures", "transformers_version")})
+    text = PhiConfig(
+        **{k: v for k, v in tc.items() if k not in ("model_type", "architectures", "transformers_version")}
+    )
     vision = CLIPVisionConfig(**{k: v for k, v in vc.items() if k not in ("model_type", "transformers_version")})
     pad = False
     pp = src / "preprocessor_config.json"
     if pp.is_file():
         pad = bool(json.loads(pp.read_text()).get("do_pad", False))
     config = LlavaPhiConfig(
-        text=text, vision=vision, select_layer=layer,
+        text=text,
+        vision=vision,
+        select_layer=layer,
         select_feature="patch" if strategy == "default" else "cls_patch",
         image_aspect_ratio="pad" if pad else "square",
     )
     return config, d
 
 
-def convert_llava_hf(src: str | os.PathLike, dst: str | os.PathLike, *, max_shard_size: str = "5GB",
-                     overwrite: bool = False) -> Path:
+def convert_llava_hf(
+    src: str | os.PathLike, dst: str | os.PathLike, *, max_shard_size: str = "5GB", overwrite: bool = False
+) -> Path:
     """Convert a llava-hf Phi model directory to a native LLaVA-Phi checkpoint at `dst`."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise CheckpointError(f"source model directory not found: {src}")
     config, _ = read_llava_hf_config(src)
     with torch.device("meta"):  # shapes only: no memory, no init
-        expected = {k: tuple(v.shape) for k, v in LlavaPhiForCausalLM(config, init_weights=False).native_state_dict().items()}
+        expected = {
+            k: tuple(v.shape) for k, v in LlavaPhiForCausalLM(config, init_weights=False).native_state_dict().items()
+        }
     state: dict[str, torch.Tensor] = {}
     for name, tensor in iter_tensors(weight_files(src)):
         key = native_key(name)
@@ -99,7 +106,15 @@ def convert_llava_hf(src: str | os.PathLike, dst: str | os.PathLike, *, max_shar
     if missing:
         raise CheckpointError(f"{src} is missing tensor(s) for {', '.join(missing[:5])}")
     dtype = CONFIG_DTYPE[state["lm_head.weight"].dtype]
-    processor = ProcessorConfig.from_dir(src, image_size=config.vision.image_size,
-                                         pad_to_square=config.image_aspect_ratio == "pad")
-    return write_native(state, config.to_dict(dtype=dtype), dst, tokenizer_dir=src, processor=processor,
-                        max_shard_size=max_shard_size, overwrite=overwrite)
+    processor = ProcessorConfig.from_dir(
+        src, image_size=config.vision.image_size, pad_to_square=config.image_aspect_ratio == "pad"
+    )
+    return write_native(
+        state,
+        config.to_dict(dtype=dtype),
+        dst,
+        tokenizer_dir=src,
+        processor=processor,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+    )

@@ -86,12 +86,24 @@ class LlavaPhiForCausalLM(nn.Module):
         """input_ids [B, S] → [B, S, D]."""
         return self.language_model.get_input_embeddings()(input_ids)
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                cache=None, logits_to_keep: int = 0, labels: torch.Tensor | None = None):
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache=None,
+        logits_to_keep: int = 0,
+        labels: torch.Tensor | None = None,
+    ):
         """One LM pass over spliced embeddings [B, S, D]; returns transformers' CausalLMOutputWithPast."""
         return self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep, labels=labels,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+            labels=labels,
         )
 
     def native_state_dict(self) -> dict[str, torch.Tensor]:

@@ -63,7 +63,9 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS_TEXT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
@@ -76,8 +78,13 @@ def write_tokenizer(out: Path, vocab_size: int) -> int:
     tok.save(str(out / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": EOS_TEXT, "bos_token": EOS_TEXT, "unk_token": EOS_TEXT, "pad_token": EOS_TEXT,
-        "model_max_length": 2048, "clean_up_tokenization_spaces": False, "add_prefix_space": False,
+        "eos_token": EOS_TEXT,
+        "bos_token": EOS_TEXT,
+        "unk_token": EOS_TEXT,
+        "pad_token": EOS_TEXT,
+        "model_max_length": 2048,
+        "clean_up_tokenization_spaces": False,
+        "add_prefix_space": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return tok.get_vocab_size()
@@ -85,16 +92,30 @@ def write_tokenizer(out: Path, vocab_size: int) -> int:
 
 def tiny_config(spec: TinySpec, vocab_rows: int, eos_id: int, image_aspect_ratio: str = "pad") -> LlavaPhiConfig:
     text = PhiConfig(
-        vocab_size=vocab_rows, hidden_size=spec.text_hidden, intermediate_size=4 * spec.text_hidden,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
-        max_position_embeddings=spec.context_length, initializer_range=spec.init_range,
-        partial_rotary_factor=0.4, rope_theta=10000.0, resid_pdrop=0.0, embd_pdrop=0.0,
-        bos_token_id=eos_id, eos_token_id=eos_id,
+        vocab_size=vocab_rows,
+        hidden_size=spec.text_hidden,
+        intermediate_size=4 * spec.text_hidden,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        max_position_embeddings=spec.context_length,
+        initializer_range=spec.init_range,
+        partial_rotary_factor=0.4,
+        rope_theta=10000.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
     )
     vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden, intermediate_size=4 * spec.vision_hidden, num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads, image_size=spec.image_size, patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden, initializer_range=spec.init_range, hidden_act="quick_gelu",
+        hidden_size=spec.vision_hidden,
+        intermediate_size=4 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+        initializer_range=spec.init_range,
+        hidden_act="quick_gelu",
     )
     return LlavaPhiConfig(text=text, vision=vision, image_aspect_ratio=image_aspect_ratio)
 
@@ -103,7 +124,7 @@ def build_tiny_model(config: LlavaPhiConfig, seed: int, spec: TinySpec = TinySpe
     torch.manual_seed(seed)
     model = LlavaPhiForCausalLM(config)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() >= 2:  # wide random weights: a random model whose answers depend on its inputs
                 p.normal_(0.0, spec.init_range)
         model.language_model.lm_head.bias.normal_(0.0, spec.lm_head_bias_std)  # non-zero: the bias must be kept
@@ -111,8 +132,13 @@ def build_tiny_model(config: LlavaPhiConfig, seed: int, spec: TinySpec = TinySpe
 
 
 def write_tiny_checkpoint(
-    out: str | Path, *, seed: int = 0, spec: TinySpec = TinySpec(), image_aspect_ratio: str = "pad",
-    max_shard_size: int | str = "5GB", overwrite: bool = True,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    spec: TinySpec = TinySpec(),
+    image_aspect_ratio: str = "pad",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = True,
 ) -> Path:
     """Write a tiny random native checkpoint to `out` and return its path."""
     out = Path(out)
@@ -122,10 +148,15 @@ def write_tiny_checkpoint(
         rows = -(-n_vocab // 64) * 64  # padded embedding rows, like Phi-2's 51200 for 50295 tokens
         config = tiny_config(spec, rows, eos_id, image_aspect_ratio)
         model = build_tiny_model(config, seed, spec)
-        processor = ProcessorConfig(shortest_edge=spec.image_size, crop_height=spec.image_size,
-                                    crop_width=spec.image_size, pad_to_square=image_aspect_ratio == "pad")
-        return save_checkpoint(model, out, tokenizer_dir=tmp, processor=processor,
-                               max_shard_size=max_shard_size, overwrite=overwrite)
+        processor = ProcessorConfig(
+            shortest_edge=spec.image_size,
+            crop_height=spec.image_size,
+            crop_width=spec.image_size,
+            pad_to_square=image_aspect_ratio == "pad",
+        )
+        return save_checkpoint(
+            model, out, tokenizer_dir=tmp, processor=processor, max_shard_size=max_shard_size, overwrite=overwrite
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

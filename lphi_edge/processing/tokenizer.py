@@ -33,8 +33,18 @@ TOKENIZER_FILES = (
 # transformers' `clean_up_tokenization`, applied when tokenizer_config.json asks for it as Phi-2's does:
 # transformers 4.36 (the original code base) applied it to every answer; transformers 5 skips it for
 # BPE tokenizers unless forced, so it is reproduced here to give the original's text.
-_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEANUP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 class Tokenizer:

@@ -209,8 +209,13 @@ class Session:
     def reset(self) -> None:
         self.cache, self.keys = None, []
 
-    def generate(self, prompt_ids: list[int], images: Sequence[ImageInput], config: GenerationConfig,
-                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        images: Sequence[ImageInput],
+        config: GenerationConfig,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
         """Answer one prompt, calling `on_text` with each piece of final text as it is produced."""
         return drain(self.iter_generate(prompt_ids, images, config), on_text)
 
@@ -234,13 +239,26 @@ class Session:
             )
         self.busy = True
         try:
-            return (yield from self._generate(prompt_ids, images, config, timings or Timings(),
-                                              time.perf_counter() if t_start is None else t_start))
+            return (
+                yield from self._generate(
+                    prompt_ids,
+                    images,
+                    config,
+                    timings or Timings(),
+                    time.perf_counter() if t_start is None else t_start,
+                )
+            )
         finally:
             self.busy = False
 
-    def _generate(self, prompt_ids: list[int], images: Sequence[ImageInput], config: GenerationConfig,
-                  timings: Timings, t_start: float) -> Generator[str, None, GenerationResult]:
+    def _generate(
+        self,
+        prompt_ids: list[int],
+        images: Sequence[ImageInput],
+        config: GenerationConfig,
+        timings: Timings,
+        t_start: float,
+    ) -> Generator[str, None, GenerationResult]:
         spec = self.backend.spec
         keys = self._position_keys(prompt_ids, images)
         total = len(keys)
@@ -316,8 +334,10 @@ class Session:
             raise PromptError(f"prompt has {n_slots} image placeholder(s) but {len(images)} image(s) were given")
         for img in images:
             if img.features.shape != (spec.image_tokens, spec.hidden_size):
-                raise PromptError(f"image features have shape {img.features.shape}, "
-                                  f"expected ({spec.image_tokens}, {spec.hidden_size})")
+                raise PromptError(
+                    f"image features have shape {img.features.shape}, "
+                    f"expected ({spec.image_tokens}, {spec.hidden_size})"
+                )
         keys: list[Hashable] = []
         it = iter(images)
         for tok in prompt_ids:
@@ -346,7 +366,7 @@ class Session:
             if tok == IMAGE_TOKEN_INDEX:
                 feats = next(it).features  # (N, D)
                 if pos + len(feats) > start:
-                    pieces.append(("image", pos, feats[max(0, start - pos):]))
+                    pieces.append(("image", pos, feats[max(0, start - pos) :]))
                 pos += len(feats)
             else:
                 if pos >= start:

@@ -45,7 +45,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: LlavaPhiForCausalLM):
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)  # inference only
         cfg = model.config
         self.device = model.device.type
         self.precision = DTYPE_NAMES[model.dtype]
@@ -84,8 +84,9 @@ class TorchBackend:
         return TorchCache(DynamicCache(config=self.model.config.text))
 
     @torch.inference_mode()
-    def decode(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-               past: TorchCache) -> tuple[np.ndarray, TorchCache]:
+    def decode(
+        self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: TorchCache
+    ) -> tuple[np.ndarray, TorchCache]:
         out = self.model(
             inputs_embeds=self._to_torch(inputs_embeds, self.model.dtype),  # (B, S, D)
             attention_mask=self._to_torch(attention_mask),  # (B, P + S)
