@@ -97,22 +97,24 @@ class Assistant:
         self.last_answer: Answer | None = None  # of the last completed stream()
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str | os.PathLike,
-        backend: str = "torch",
-        device: str = "cpu",
-        dtype: str | None = None,
-        **kwargs: Any,
-    ) -> Assistant:
-        """Load a checkpoint directory. `dtype` (torch backend): fp32 (default, as the original), fp16, bf16."""
-        if backend not in BACKENDS:
+    def from_pretrained(cls, model: str | os.PathLike, backend: str | None = None, device: str = "cpu",
+                        dtype: str | None = None, **kwargs: Any) -> Assistant:
+        """Load a checkpoint directory (torch backend) or an export directory (its manifest's backend).
+
+        `dtype` (torch backend only): fp32 (default, as the original), fp16, bf16. Other keywords go to
+        the Assistant (image_cache_size) — and for exports `verify_checksums` / `provider` to the backend.
+        """
+        if backend is not None and backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
         path = resolve_model_dir(model)
-        if backend != "torch":
+        from lphi_edge.export.manifest import is_export_dir
+
+        if is_export_dir(path):
+            return cls._from_export(path, backend, device, dtype, **kwargs)
+        if backend not in (None, "torch"):
             raise ConfigError(
-                f"backend {backend!r} runs exported engines (lphi-export), which this version does not build yet; "
-                "use backend='torch'"
+                f"{path} is a checkpoint: backend {backend!r} runs exported engines; export it first with "
+                f"`lphi-export {path} --out DIR` or use backend='torch'"
             )
         from lphi_edge.model.checkpoint import processor_config
         from lphi_edge.runtime.torch_backend import TorchBackend
@@ -123,6 +125,32 @@ class Assistant:
         eos = config.text.eos_token_id
         eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
         return cls(be, tokenizer, processor_config(path, config), get_template(config.template), eos_ids, **kwargs)
+
+    @classmethod
+    def _from_export(cls, path: Path, backend: str | None, device: str, dtype: str | None,
+                     verify_checksums: bool = True, provider: str | None = None, **kwargs: Any) -> Assistant:
+        from lphi_edge.export.manifest import Manifest
+
+        if dtype is not None:
+            raise ConfigError(f"dtype applies to the torch backend; {path} is an export whose precision was fixed "
+                              "at export time (lphi-export --fp16 / --quant)")
+        manifest = Manifest.load(path, verify_checksums=verify_checksums)
+        backend = backend or manifest.backend
+        if backend == "torch":
+            raise ConfigError(f"{path} is an export directory (no PyTorch weights): use backend 'onnxruntime' or "
+                              "'tensorrt', or point --model at the checkpoint")
+        if backend == "onnxruntime":
+            from lphi_edge.runtime.onnx_backend import OnnxBackend
+
+            be: Backend = OnnxBackend(manifest, device=device, provider=provider)
+        else:
+            from lphi_edge.runtime.trt_backend import TrtBackend
+
+            be = TrtBackend.from_export_dir(path)
+        proc = dict(manifest.processor)
+        processor = ProcessorConfig.from_preprocessor_dict(proc, pad_to_square=bool(proc.get("pad_to_square")))
+        return cls(be, Tokenizer.from_dir(path), processor, get_template(manifest.template),
+                   {manifest.text["eos_token_id"]}, **kwargs)
 
     # ---- public API ---------------------------------------------------------------------------
     def ask(self, image: FrameInput | None, prompt: str, **generation: Any) -> Answer:

@@ -290,9 +290,7 @@ class Session:
                 break
             if len(generated) >= budget:
                 break
-            step = self.backend.embed(np.array([[token]], dtype=np.int64))  # (1, 1, D)
-            logits = self._forward(step, [token])
-            token = sampler(logits[0, -1])
+            token = sampler(self.step(token)[0, -1])
 
         piece, text = stream.finish(generated)
         if piece:
@@ -302,6 +300,16 @@ class Session:
         timings.total_ms = (t2 - t_start) * 1e3
         timings.new_tokens = len(generated) + (finish == "eos")
         return GenerationResult(generated, text, finish, timings)
+
+    def prefill(self, prompt_ids: list[int], images: Sequence[ImageInput]) -> np.ndarray:
+        """Forward a whole prompt from an empty cache; logits (1, S', V)."""
+        keys = self._position_keys(prompt_ids, images)
+        self.cache, self.keys = self.backend.new_cache(1), []
+        return self._forward(self._prompt_embeds(prompt_ids, images, start=0), keys)
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed one token after the cached positions; logits (1, 1, V)."""
+        return self._forward(self.backend.embed(np.array([[token]], dtype=np.int64)), [token])  # embeds (1, 1, D)
 
     def _reuse_prefix(self, keys: list[Hashable]) -> int:
         """Crop the cache to the longest prefix shared with `keys` (leaving ≥ 1 position to compute)."""

@@ -1,0 +1,62 @@
+"""lphi-export: split a LLaVA-Phi checkpoint into verified ONNX engines (and TensorRT on the target).
+
+    lphi-export MODEL --out DIR [--fp16] [--quant int8|int4] [--block-size 32] [--quant-vision]
+                [--trt] [--opset 20] [--no-verify] [--overwrite]
+
+The verification report (per-part max |diff| and cosine, greedy answers vs the PyTorch model) is
+printed and stored in DIR/manifest.json; a failed verification exits non-zero and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lphi_edge.cli._common import run, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lphi-export", description=__doc__.split("\n")[0])
+    p.add_argument("model", help="native LLaVA-Phi checkpoint directory")
+    p.add_argument("--out", required=True, help="export directory to create")
+    p.add_argument("--fp16", action="store_true", help="fp16 weights and compute (vision, embeddings, decoder)")
+    p.add_argument("--quant", choices=["int8", "int4"], help="weight-only MatMulNBits quantization of the decoder")
+    p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")
+    p.add_argument("--quant-vision", action="store_true", help="quantize the vision encoder too")
+    p.add_argument("--trt", action="store_true", help="also build TensorRT engines on this machine's GPU")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check against the PyTorch model")
+    p.add_argument("--verify-pairs", type=int, default=8, help="frame/prompt pairs in the end-to-end check")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def _main() -> int:
+        from lphi_edge.export.exporter import ExportConfig, VerificationError, export_model
+        from lphi_edge.export.manifest import Manifest
+        from lphi_edge.export.verify import report_table
+
+        config = ExportConfig(fp16=args.fp16, quant=args.quant, block_size=args.block_size,
+                              quant_vision=args.quant_vision, opset=args.opset, verify=not args.no_verify,
+                              verify_pairs=args.verify_pairs, trt=args.trt, overwrite=args.overwrite)
+        if args.trt:  # fail before the (long) ONNX export when TensorRT cannot run here
+            from lphi_edge.export.tensorrt import require_tensorrt
+
+            require_tensorrt()
+        try:
+            out = export_model(args.model, args.out, config)
+        except VerificationError as e:
+            print(report_table(e.report), file=sys.stderr)
+            raise
+        report = Manifest.load(out, verify_checksums=False).data["verification"]
+        if report is not None:
+            print(report_table(report))
+        print(f"wrote {config.precision} export to {out}")
+        return 0
+
+    return run("lphi-export", _main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

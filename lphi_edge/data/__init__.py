@@ -1,0 +1,1 @@
+"""Synthetic data: the shapes camera task of DESIGN.md."""

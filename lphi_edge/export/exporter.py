@@ -1,0 +1,235 @@
+"""`lphi-export`: checkpoint → verified export directory, published atomically.
+
+    export_model("ckpt", "out", ExportConfig(fp16=True))
+
+Steps (a progress bar over them): export the three parts (fp32) → fp16 / weight-only int8|int4 →
+tokenizer and manifest → verification against the PyTorch model → move into place. Everything is
+written in a hidden `.<out>.partial-*` directory next to `out`; a failure or a kill leaves no
+`out` that looks finished, and the next export clears stale partial directories.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from tqdm.auto import tqdm
+
+import lphi_edge
+from lphi_edge.errors import ConfigError, LphiError
+from lphi_edge.export import onnx_parts
+from lphi_edge.export.manifest import FORMAT, FORMAT_VERSION, PARTS, Manifest, file_table, sha256_file
+from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
+from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
+from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
+
+logger = logging.getLogger(__name__)
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                onnx.TensorProto.INT64: "int64"}
+
+
+_EXPORTERS = {"vision_encoder": onnx_parts.export_vision, "embed_tokens": onnx_parts.export_embed,
+              "decoder_model_merged": onnx_parts.export_decoder}
+
+
+class VerificationError(LphiError):
+    """The exported parts do not answer like the PyTorch model; `report` holds the numbers."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `lphi-export` builds.
+
+    Attributes:
+        fp16: fp16 weights and compute for the vision encoder, embeddings and (unless quantized) decoder.
+        quant: None | "int8" | "int4": weight-only MatMulNBits quantization of the decoder's MatMuls.
+        block_size: quantization block size along K.
+        quant_vision: also quantize the vision encoder's MatMuls (default: only the decoder).
+        opset: ONNX opset of the exported graphs.
+        verify: compare against the PyTorch model before publishing (on by default).
+        verify_pairs: frame/prompt pairs of the end-to-end check.
+        trt: also build TensorRT engines on this machine's GPU.
+        overwrite: replace an existing export directory.
+    """
+
+    fp16: bool = False
+    quant: str | None = None
+    block_size: int = 32
+    quant_vision: bool = False
+    opset: int = 20
+    verify: bool = True
+    verify_pairs: int = 8
+    trt: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quant is not None:
+            QuantConfig(self.quant, self.block_size)  # validates precision and block size
+        elif self.quant_vision:
+            raise ConfigError("ExportConfig.quant_vision needs quant='int8' or 'int4'")
+        if not 18 <= self.opset <= 23:
+            raise ConfigError(f"ExportConfig.opset must be in 18..23 (torch.onnx dynamo export), got {self.opset}")
+        if self.verify_pairs < 1:
+            raise ConfigError(f"ExportConfig.verify_pairs must be ≥ 1, got {self.verify_pairs}")
+
+    @property
+    def part_precisions(self) -> dict[str, str]:
+        base = "fp16" if self.fp16 else "fp32"
+        return {
+            "vision_encoder": self.quant if self.quant and self.quant_vision else base,
+            "embed_tokens": base,
+            "decoder_model_merged": self.quant or base,
+        }
+
+    @property
+    def precision(self) -> str:
+        """The export's headline precision: the decoder's."""
+        return self.part_precisions["decoder_model_merged"]
+
+
+def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: ExportConfig = ExportConfig()) -> Path:
+    """Export a native checkpoint to `out`; returns `out`. Raises VerificationError (nothing published)."""
+    model_dir, out = Path(model_dir), Path(out)
+    if out.exists() and not config.overwrite:
+        raise ConfigError(f"{out} already exists: choose a new --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_partials(out)
+    model = load_checkpoint(model_dir)  # fp32 reference and export source
+    tokenizer = Tokenizer.from_dir(model_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    for noisy in ("onnx_ir", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        stages = ["vision_encoder", "embed_tokens", "decoder_model_merged", "precision", "manifest"]
+        stages += ["verify"] * config.verify
+        bar = tqdm(stages, desc="lphi-export", unit="stage")
+        timings: dict[str, float] = {}
+        for stage in bar:
+            bar.set_postfix_str(stage)
+            t0 = time.perf_counter()
+            if stage in PARTS:
+                _EXPORTERS[stage](model, tmp / f"{stage}.onnx", config.opset)
+            elif stage == "precision":
+                _convert_precision(tmp, config)
+            elif stage == "manifest":
+                for f in tokenizer_files(model_dir):
+                    shutil.copy2(f, tmp / f.name)
+                _write_manifest(tmp, model_dir, model, tokenizer, config)
+            else:
+                _verify(tmp, model_dir, config)
+            timings[stage] = round(time.perf_counter() - t0, 2)
+        logger.info("export stages (s): %s", timings)
+        if config.trt:
+            from lphi_edge.export.tensorrt import TrtBuildConfig, build_engines
+
+            build_engines(tmp, TrtBuildConfig())
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _clear_stale_partials(out: Path) -> None:
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        logger.warning("removing %s left by an interrupted export", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _convert_precision(tmp: Path, config: ExportConfig) -> None:
+    quant = QuantConfig(config.quant, config.block_size) if config.quant else None
+    for part, precision in config.part_precisions.items():
+        path = tmp / f"{part}.onnx"
+        if precision in ("int8", "int4"):
+            assert quant is not None
+            quantize_weights(path, quant)
+        elif precision == "fp16":
+            to_fp16(path, keep_io_types=part != "decoder_model_merged")
+
+
+def _io(values) -> list[dict[str, Any]]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+        out.append({"name": v.name, "dtype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": shape})
+    return out
+
+
+def _source_hash(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for f in [model_dir / "config.json", *weight_files(model_dir)]:
+        h.update(f.name.encode())
+        h.update(bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()
+
+
+def _write_manifest(tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, config: ExportConfig) -> None:
+    import onnxruntime
+    import torch
+    import transformers
+
+    cfg = model.config
+    parts = {}
+    for part, precision in config.part_precisions.items():
+        graph = onnx.load(str(tmp / f"{part}.onnx"), load_external_data=False).graph
+        parts[part] = {"file": f"{part}.onnx", "data": f"{part}.onnx.data", "precision": precision,
+                       "inputs": _io(graph.input), "outputs": _io(graph.output)}
+    proc = processor_config(model_dir, cfg)
+    data = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "backend": "onnxruntime",
+        "precision": config.precision,
+        "parts": parts,
+        "text_config": {
+            "hidden_size": cfg.text.hidden_size, "vocab_size": cfg.text.vocab_size,
+            "context_length": cfg.text.max_position_embeddings, "image_tokens": cfg.image_tokens,
+            "num_layers": cfg.text.num_hidden_layers, "num_heads": cfg.text.num_attention_heads,
+            "num_kv_heads": cfg.text.num_key_value_heads, "head_dim": cfg.head_dim,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        "processor": {**proc.to_preprocessor_dict(), "pad_to_square": proc.pad_to_square},
+        "template": cfg.template,
+        "export_config": asdict(config),
+        "source": {"checkpoint": str(model_dir.resolve()), "sha256": _source_hash(model_dir)},
+        "tools": {"lphi_edge": lphi_edge.__version__, "torch": torch.__version__,
+                  "transformers": transformers.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "opset": config.opset},
+        "files": file_table(tmp),
+        "verification": None,
+    }
+    Manifest(tmp, data).write()
+
+
+def _verify(tmp: Path, model_dir: Path, config: ExportConfig) -> None:
+    from lphi_edge.assistant import Assistant
+    from lphi_edge.export.verify import report_table, verify
+
+    reference = Assistant.from_pretrained(model_dir, backend="torch")
+    exported = Assistant.from_pretrained(tmp, backend="onnxruntime")
+    report = verify(reference, exported, config.precision, pairs=config.verify_pairs).to_dict()
+    logger.info("verification of the %s export:\n%s", config.precision, report_table(report))
+    manifest = Manifest.load(tmp, verify_checksums=False)
+    manifest.data["verification"] = report
+    manifest.write()
+    if not report["passed"]:
+        raise VerificationError(f"exported {config.precision} model does not match the PyTorch model: "
+                                + "; ".join(report["failures"]) + " (nothing was published)", report)

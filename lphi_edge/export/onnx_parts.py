@@ -1,0 +1,118 @@
+"""torch → ONNX for the three parts, with torch.onnx.export(dynamo=True) and external data.
+
+The decoder wrapper takes one named argument per past tensor (dynamic shapes do not bind to
+varargs), rebuilds transformers' DynamicCache from them and returns the presents flat, so one graph
+serves prefill (empty past) and decode. Example sizes are ≥ 2 so no axis is specialised.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+from transformers import DynamicCache
+
+from lphi_edge.export.manifest import decoder_io_names
+from lphi_edge.model.modeling import LlavaPhiForCausalLM
+
+logger = logging.getLogger(__name__)
+
+
+class VisionEncoder(nn.Module):
+    """pixel_values [B, 3, H, W] → image_features [B, N, D] (CLIP tower + projector)."""
+
+    def __init__(self, model: LlavaPhiForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_images(pixel_values)
+
+
+class EmbedTokens(nn.Module):
+    """input_ids [B, S] → inputs_embeds [B, S, D]."""
+
+    def __init__(self, model: LlavaPhiForCausalLM):
+        super().__init__()
+        self.embed = model.language_model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+
+def _python_name(onnx_name: str) -> str:
+    return onnx_name.replace(".", "_")
+
+
+class Decoder(nn.Module):
+    """(inputs_embeds, attention_mask, position_ids, past_key_values_{i}_{key,value}...) →
+    (logits [B, S, V], present_{i}_{key,value} [B, H, P + S, Dh]...)."""
+
+    def __init__(self, model: LlavaPhiForCausalLM):
+        super().__init__()
+        self.model = model
+        self.num_layers = model.config.text.num_hidden_layers
+        inputs, _ = decoder_io_names(self.num_layers)
+        self.arg_names = [_python_name(n) for n in inputs]
+        p = inspect.Parameter
+        # An explicit signature with one parameter per tensor, for torch.export's argument binding.
+        self.forward.__func__.__signature__ = inspect.Signature(
+            [p("self", p.POSITIONAL_OR_KEYWORD)] + [p(n, p.POSITIONAL_OR_KEYWORD) for n in self.arg_names]
+        )
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        bound = dict(zip(self.arg_names, args)) | kwargs
+        past = [bound[n] for n in self.arg_names[3:]]  # (B, H, P, Dh) each
+        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)],
+                             config=self.model.config.text)
+        out = self.model(inputs_embeds=bound["inputs_embeds"], attention_mask=bound["attention_mask"],
+                         position_ids=bound["position_ids"], cache=cache)
+        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]  # (B, H, P + S, Dh)
+        return (out.logits, *present)
+
+
+def _export(module: nn.Module, kwargs: dict[str, torch.Tensor], dynamic_shapes: dict, path: Path,
+            input_names: list[str], output_names: list[str], opset: int) -> None:
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
+        torch.onnx.export(module, (), str(path), kwargs=kwargs, dynamo=True, dynamic_shapes=dynamic_shapes,
+                          input_names=input_names, output_names=output_names, opset_version=opset,
+                          external_data=True, verbose=False)
+
+
+def export_vision(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
+    size = model.config.vision.image_size
+    pixels = torch.randn(2, 3, size, size)  # (B, 3, H, W)
+    _export(VisionEncoder(model).eval(), {"pixel_values": pixels}, {"pixel_values": {0: Dim("batch")}}, path,
+            ["pixel_values"], ["image_features"], opset)
+
+
+def export_embed(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
+    ids = torch.randint(0, model.config.text.vocab_size, (2, 3))  # (B, S)
+    _export(EmbedTokens(model).eval(), {"input_ids": ids}, {"input_ids": {0: Dim("batch"), 1: Dim("sequence")}},
+            path, ["input_ids"], ["inputs_embeds"], opset)
+
+
+def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
+    t = model.config.text
+    b, s, p = 2, 3, 4
+    heads, head_dim = t.num_key_value_heads, model.config.head_dim
+    dec = Decoder(model).eval()
+    batch, seq, past, total = Dim("batch"), Dim("sequence"), Dim("past_sequence"), Dim("total_sequence")
+    kwargs = {
+        "inputs_embeds": torch.randn(b, s, t.hidden_size),  # (B, S, D)
+        "attention_mask": torch.ones(b, p + s, dtype=torch.long),  # (B, P + S)
+        "position_ids": torch.arange(p, p + s).expand(b, s).clone(),  # (B, S)
+    }
+    dynamic = {"inputs_embeds": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
+               "position_ids": {0: batch, 1: seq}}
+    for name in dec.arg_names[3:]:
+        kwargs[name] = torch.randn(b, heads, p, head_dim)  # (B, H, P, Dh)
+        dynamic[name] = {0: batch, 2: past}
+    inputs, outputs = decoder_io_names(t.num_hidden_layers)
+    _export(dec, kwargs, dynamic, path, inputs, outputs, opset)

@@ -1,0 +1,408 @@
+"""TensorRT engines for an export directory, built ON THE TARGET GPU. Imports neither torch nor transformers.
+
+    DIR/trt/<gpu>-sm<XY>-trt<version>-<precision>/
+        vision_encoder.engine  embed_tokens.engine  decoder_model_merged.engine
+        build.json             settings, optimization profiles, TensorRT version, GPU, source hashes, seconds
+
+Engines are specific to the GPU model, its compute capability and the TensorRT version, so the directory
+name carries all three and `TrtBackend.from_export_dir` picks the one matching the machine it runs on.
+A build with the same settings from the same ONNX files is reused; a build is written to a temporary
+sibling directory and renamed into place only once all three engines exist.
+
+TensorRT itself (`tensorrt`) and cuda-python (`cuda.bindings.runtime`, or `cuda.cudart` before
+cuda-python 12.6) are imported only when needed, so this module imports anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lphi_edge.errors import ConfigError, LphiError
+from lphi_edge.export.manifest import PARTS, Manifest
+
+logger = logging.getLogger(__name__)
+
+TRT_DIR = "trt"  # DIR/trt/<engine dir>/
+BUILD_JSON = "build.json"
+ENGINE_SUFFIX = ".engine"
+BUILD_FORMAT_VERSION = 1
+TRT_PRECISIONS = ("fp16", "fp32", "int8")  # also the preference order when several builds exist
+BUILD_HINT = "build on the target device (Jetson/GPU host) with `lphi-export MODEL --out DIR --trt`"
+QUANT_ERROR = (
+    "TensorRT cannot consume onnxruntime's MatMulNBits int4/int8 weights (lphi-export --quant): "
+    "export without --quant for --trt"
+)
+_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_ORT_QUANT_OPS = frozenset({"MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"})
+
+
+# ---- configuration -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrtBuildConfig:
+    """How to build the engines. Validated on construction; every error names the field.
+
+    Attributes:
+        precision: "fp16" (default), "fp32", or "int8" (only for parts whose ONNX carries Q/DQ nodes).
+        max_batch: largest batch the engines accept (profiles cover 1..max_batch).
+        max_context: largest attention length P + S; None = the manifest's context_length.
+        opt_prompt: typical prompt length (image tokens + text). The decoder profile is tuned for a decode
+            step after such a prompt (S = 1, P = opt_prompt), the per-token hot path.
+        workspace_gb: TensorRT builder workspace limit in GiB.
+    """
+
+    precision: str = "fp16"
+    max_batch: int = 1
+    max_context: int | None = None
+    opt_prompt: int = 640
+    workspace_gb: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in TRT_PRECISIONS:
+            raise ConfigError(f"TrtBuildConfig.precision must be one of {TRT_PRECISIONS}, got {self.precision!r}")
+        _check_int("max_batch", self.max_batch, minimum=1)
+        if self.max_context is not None:
+            _check_int("max_context", self.max_context, minimum=2)
+        _check_int("opt_prompt", self.opt_prompt, minimum=1)
+        gb = self.workspace_gb
+        if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not gb > 0:
+            raise ConfigError(f"TrtBuildConfig.workspace_gb must be a positive number of GiB, got {gb!r}")
+
+    def resolve(self, context_length: int) -> TrtBuildConfig:
+        """This config with max_context filled in from the model, checked against it; opt_prompt clipped."""
+        max_context = context_length if self.max_context is None else self.max_context
+        if max_context > context_length:
+            raise ConfigError(
+                f"TrtBuildConfig.max_context={max_context} exceeds the model's context_length {context_length}"
+            )
+        return replace(self, max_context=max_context, opt_prompt=min(self.opt_prompt, max_context - 1))
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"TrtBuildConfig.{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def engine_dir_name(gpu_name: str, sm: tuple[int, int], trt_version: str, precision: str) -> str:
+    """"NVIDIA H100 80GB HBM3", (9, 0), "10.3.0", "fp16" → "nvidia-h100-80gb-hbm3-sm90-trt10.3.0-fp16"."""
+    return f"{_slug(gpu_name) or 'gpu'}-sm{sm[0]}{sm[1]}-trt{_slug(trt_version)}-{_slug(precision)}"
+
+
+def _slug(text: str) -> str:
+    """Lowercase; runs of anything but [a-z0-9.] become one '-'; no leading/trailing '-' or '.'."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.")
+
+
+# ---- TensorRT and CUDA availability -------------------------------------------------------------------------
+def import_cudart():
+    """cuda-python's runtime API module: `cuda.bindings.runtime` (≥ 12.6) or `cuda.cudart` (older)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6
+        except ImportError:
+            raise LphiError(
+                f"TensorRT needs cuda-python (`pip install cuda-python`), which is not installed here: {BUILD_HINT}"
+            ) from None
+    return cudart
+
+
+def cuda_call(cudart, result: tuple, what: str) -> Any:
+    """Unpack a cuda-python result `(cudaError_t, *values)`; raise LphiError naming the call if it failed."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise LphiError(f"CUDA call {what} failed: {cuda_error_name(cudart, err)}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def cuda_error_name(cudart, err) -> str:
+    try:
+        status, name = cudart.cudaGetErrorName(err)
+        if status == cudart.cudaError_t.cudaSuccess:
+            return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # noqa: BLE001 - the name is only for the message
+        pass
+    return str(err)
+
+
+def gpu_info(cudart=None) -> tuple[str, tuple[int, int]]:
+    """(name, (major, minor)) of the current CUDA device, e.g. ("NVIDIA H100 80GB HBM3", (9, 0))."""
+    cudart = cudart or import_cudart()
+    device = cuda_call(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
+    props = cuda_call(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name
+    if isinstance(name, bytes):
+        name = name.split(b"\0", 1)[0].decode(errors="replace")
+    return str(name).strip(), (int(props.major), int(props.minor))
+
+
+def require_tensorrt():
+    """The `tensorrt` module, once it imports and a CUDA GPU is visible; LphiError (one line) otherwise."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError):  # not installed, or its libraries (libnvinfer) do not load
+        raise LphiError(f"TensorRT is not installed here (`import tensorrt` failed): {BUILD_HINT}") from None
+    cudart = import_cudart()
+    try:
+        count = cuda_call(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except LphiError as e:
+        raise LphiError(f"no CUDA GPU is visible ({e}): {BUILD_HINT}") from None
+    if not count:
+        raise LphiError(f"no CUDA GPU is visible (cudaGetDeviceCount = 0): {BUILD_HINT}")
+    return trt
+
+
+_TRT_LOGGER = None  # one for the process: TensorRT wants it alive as long as anything it created
+
+
+def trt_logger(trt):
+    """A trt.ILogger that forwards TensorRT's messages to Python `logging` (logger 'lphi_edge.tensorrt')."""
+    global _TRT_LOGGER
+    if _TRT_LOGGER is None:
+        log = logging.getLogger("lphi_edge.tensorrt")
+        sev = trt.ILogger.Severity
+        levels = {sev.INTERNAL_ERROR: logging.CRITICAL, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
+                  sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG}
+
+        class _LoggingBridge(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg: str) -> None:
+                log.log(levels.get(severity, logging.INFO), "%s", msg)
+
+        _TRT_LOGGER = _LoggingBridge()
+    return _TRT_LOGGER
+
+
+# ---- engine directories ---------------------------------------------------------------------------------------
+def source_hashes(manifest: Manifest) -> dict[str, str]:
+    """sha256 (from manifest["files"]) of each part's ONNX file and its external data."""
+    files = manifest.data["files"]
+    part_files = [manifest.part(p)["file"] for p in PARTS]
+    return {
+        name: meta["sha256"]
+        for name, meta in sorted(files.items())
+        if any(name == f or name.startswith(f + ".") for f in part_files)
+    }
+
+
+def read_build_info(engine_dir: Path) -> dict[str, Any] | None:
+    """The engine directory's build.json, or None when it is missing or unreadable."""
+    try:
+        data = json.loads((engine_dir / BUILD_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def engines_complete(engine_dir: Path) -> bool:
+    return all((engine_dir / f"{part}{ENGINE_SUFFIX}").is_file() for part in PARTS)
+
+
+def existing_engine_dirs(export_dir: str | os.PathLike) -> list[str]:
+    """Names of the directories under DIR/trt/ that hold a build.json (any GPU, version, precision)."""
+    root = Path(export_dir) / TRT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / BUILD_JSON).is_file())
+
+
+# ---- build ---------------------------------------------------------------------------------------------------------
+def build_engines(export_dir: str | os.PathLike, config: TrtBuildConfig | None = None) -> Path:
+    """Build (or reuse) the three engines for this GPU and TensorRT version; returns the engine directory."""
+    trt = require_tensorrt()
+    manifest = Manifest.load(export_dir)
+    config = (config or TrtBuildConfig()).resolve(int(manifest.text["context_length"]))
+    graphs = {part: _check_part(manifest, part, config, trt) for part in PARTS}
+    gpu, sm = gpu_info()
+    key = {  # what build.json must hold, identically, for a build to be reused
+        "format_version": BUILD_FORMAT_VERSION,
+        "precision": config.precision,
+        "config": asdict(config),
+        "tensorrt": trt.__version__,
+        "gpu": gpu,
+        "sm": list(sm),
+        "sources": source_hashes(manifest),
+    }
+    out = manifest.path / TRT_DIR / engine_dir_name(gpu, sm, trt.__version__, config.precision)
+    info = read_build_info(out)
+    if info is not None and all(info.get(k) == v for k, v in key.items()) and engines_complete(out):
+        logger.info("TensorRT engines in %s match this export and these settings: reused", out)
+        return out
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        t0 = time.perf_counter()
+        profiles, seconds = {}, {}
+        for part in PARTS:
+            t_part = time.perf_counter()
+            profiles[part] = _build_part(trt, manifest, part, config, graphs[part], tmp / f"{part}{ENGINE_SUFFIX}")
+            seconds[part] = round(time.perf_counter() - t_part, 2)
+        build = {**key, "profiles": profiles, "part_seconds": seconds,
+                 "build_seconds": round(time.perf_counter() - t0, 2)}
+        (tmp / BUILD_JSON).write_text(json.dumps(build, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("TensorRT %s engines (%s) built in %.1f s: %s", config.precision, gpu, build["build_seconds"], out)
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished build `src` to `dst`, replacing an older build there."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _part_op_types(path: Path) -> set[str] | None:
+    """ONNX op types of a graph (nodes and local functions), read without its external data; None if no onnx."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    for fn in model.functions:
+        ops.update(n.op_type for n in fn.node)
+    return ops
+
+
+@dataclass(frozen=True)
+class _PartGraph:
+    """What the builder needs to know about one ONNX part before parsing it."""
+
+    has_qdq: bool
+    fp16_graph: bool  # the export is already half precision
+
+
+def _check_part(manifest: Manifest, part: str, config: TrtBuildConfig, trt) -> _PartGraph:
+    """Refuse what TensorRT cannot build before spending minutes on it."""
+    meta = manifest.part(part)
+    ops = _part_op_types(manifest.part_file(part))
+    if ops is None:  # no onnx package: trust the manifest (lphi-export quantizes with MatMulNBits)
+        if meta.get("precision") in ("int8", "int4"):
+            raise ConfigError(f"{meta['file']}: {QUANT_ERROR}")
+        ops = set()
+    if ops & _ORT_QUANT_OPS:
+        raise ConfigError(f"{meta['file']} uses {sorted(ops & _ORT_QUANT_OPS)}: {QUANT_ERROR}")
+    graph = _PartGraph(
+        has_qdq=bool(ops & _QDQ_OPS),
+        fp16_graph=meta.get("precision") == "fp16" or any(t.get("dtype") == "float16" for t in meta["inputs"]),
+    )
+    if config.precision == "int8" and part == "decoder_model_merged" and not graph.has_qdq:
+        raise ConfigError(
+            f"TrtBuildConfig.precision='int8' needs Q/DQ (QuantizeLinear/DequantizeLinear) nodes in {meta['file']} "
+            f"and it has none; {QUANT_ERROR}, and use precision='fp16'"
+        )
+    if config.precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16") and not graph.fp16_graph:
+        raise ConfigError(
+            f"TrtBuildConfig.precision='fp16': TensorRT {trt.__version__} builds strongly typed networks only "
+            f"(no FP16 builder flag) and {meta['file']} is fp32: export with --fp16 for --trt, or use precision='fp32'"
+        )
+    if config.precision == "fp32" and graph.fp16_graph:
+        logger.warning("%s is an fp16 export: its fp32 engine keeps the fp16 weights and I/O", meta["file"])
+    return graph
+
+
+def _build_part(trt, manifest: Manifest, part: str, config: TrtBuildConfig, graph: _PartGraph,
+                engine_path: Path) -> dict[str, dict[str, list[int]]]:
+    """Parse one ONNX part, build and write its serialized engine; returns its optimization profile."""
+    onnx_path = manifest.part_file(part)
+    log = trt_logger(trt)
+    builder = trt.Builder(log)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, log)
+    logger.info("TensorRT: parsing %s", onnx_path)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so `.onnx.data` resolves beside it
+        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
+        raise LphiError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors or 'no error reported'}")
+
+    build_config = builder.create_builder_config()
+    build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gb * (1 << 30)))
+    _set_precision_flags(trt, build_config, config.precision, graph)
+    profile = builder.create_optimization_profile()
+    shapes = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        lo, opt, hi = _profile_shapes(manifest, part, tensor.name, tuple(tensor.shape), config)
+        profile.set_shape(tensor.name, lo, opt, hi)
+        shapes[tensor.name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
+    build_config.add_optimization_profile(profile)
+
+    logger.info("TensorRT: building %s (%s) — this can take minutes", part, config.precision)
+    serialized = builder.build_serialized_network(network, build_config)
+    if serialized is None:
+        raise LphiError(f"TensorRT {trt.__version__} failed to build {part} from {onnx_path}: see the TensorRT log")
+    with open(engine_path, "wb") as f:
+        f.write(serialized)
+    return shapes
+
+
+def _parser_error(err) -> str:
+    desc = err.desc() if hasattr(err, "desc") else str(err)
+    node = getattr(err, "node_name", None)
+    where = node() if callable(node) else ""
+    return f"{desc} (node {where})" if where else str(desc)
+
+
+def _set_precision_flags(trt, build_config, precision: str, graph: _PartGraph) -> None:
+    """TensorRT 10 weak typing: FP16 (and INT8 where the part has Q/DQ) builder flags. TensorRT ≥ 11 has none:
+    networks are strongly typed, the precision is the ONNX graph's own (checked in _check_part)."""
+    flags = trt.BuilderFlag
+    if precision in ("fp16", "int8") and hasattr(flags, "FP16"):
+        build_config.set_flag(flags.FP16)
+    if precision == "int8" and graph.has_qdq and hasattr(flags, "INT8"):
+        build_config.set_flag(flags.INT8)
+
+
+def _profile_shapes(manifest: Manifest, part: str, name: str, dims: tuple[int, ...], config: TrtBuildConfig
+                    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) of one network input: its static dims kept, each dynamic (-1) axis given its range.
+
+    Axes: batch 1..max_batch (opt 1); vision H/W = the processor's crop; new positions S 1..max_context
+    (decoder opt 1 = a decode step; embed opt = opt_prompt); past P 0..max_context-1 (opt opt_prompt);
+    attention length P+S 1..max_context (opt opt_prompt+1).
+    """
+    ctx, opt_p = int(config.max_context or 0), config.opt_prompt  # resolved: max_context is set
+    seq = (1, opt_p if part == "embed_tokens" else 1, ctx)
+    ranges: dict[int, tuple[int, int, int]] = {0: (1, 1, config.max_batch)}  # axis → (min, opt, max)
+    if name == "pixel_values":  # [B, 3, H, W]
+        proc = manifest.processor
+        h, w = int(proc["crop_height"]), int(proc["crop_width"])
+        ranges.update({2: (h, h, h), 3: (w, w, w)})
+    elif name in ("input_ids", "inputs_embeds", "position_ids"):  # [B, S(, D)]
+        ranges[1] = seq
+    elif name == "attention_mask":  # [B, P + S]
+        ranges[1] = (1, opt_p + 1, ctx)
+    elif name.startswith("past_key_values."):  # [B, H, P, Dh]
+        ranges[2] = (0, opt_p, ctx - 1)
+    per_axis = []  # (min, opt, max) per axis
+    for axis, d in enumerate(dims):
+        if d >= 0:
+            per_axis.append((d, d, d))
+        elif axis in ranges:
+            per_axis.append(ranges[axis])
+        else:
+            raise LphiError(f"{part}: input {name!r} has dynamic axis {axis} of shape {list(dims)} that lphi-edge "
+                            "does not know how to bound; re-export with lphi-export")
+    lo, opt, hi = (tuple(r[k] for r in per_axis) for k in range(3))
+    return lo, opt, hi

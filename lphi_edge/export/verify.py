@@ -1,0 +1,127 @@
+"""Exported engines against the PyTorch model: per-part numbers and end-to-end greedy tokens.
+
+Both sides run behind the same Backend protocol and generation loop, on fixed inputs:
+  vision features · prefill logits and KV · decode logits teacher-forced over several steps ·
+  greedy answers for several frame/prompt pairs.
+Thresholds by precision: fp32 identical tokens; fp16 cosine ≥ 0.999 and identical tokens;
+int8 / int4 report their token-match rate and cosine (no gate beyond finite outputs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lphi_edge.assistant import Assistant
+from lphi_edge.data.shapes import sample_frames
+from lphi_edge.runtime.generation import ImageInput, Session
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = ("What shape is in the image?", "How many shapes are there?", "What color is the circle?",
+           "Is there a red square?", "Describe the scene in front of the robot.")
+COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom else float(np.array_equal(a, b))
+
+
+@dataclass
+class Comparison:
+    max_abs_diff: float
+    cosine: float
+
+    @classmethod
+    def of(cls, ref: np.ndarray, got: np.ndarray) -> Comparison:
+        return cls(float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))), cosine(ref, got))
+
+
+@dataclass
+class VerificationReport:
+    precision: str
+    parts: dict[str, Comparison] = field(default_factory=dict)
+    pairs: int = 0
+    identical_answers: int = 0
+    token_match_rate: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        d["thresholds"] = {"cosine_min": COSINE_MIN.get(self.precision),
+                           "identical_tokens": self.precision in COSINE_MIN}
+        return d
+
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """A verification report (as stored in manifest.json) as a text table."""
+    rows = [f"{'check':<18} {'max |diff|':>12} {'cosine':>10}"]
+    rows += [f"{name:<18} {c['max_abs_diff']:>12.3e} {c['cosine']:>10.6f}" for name, c in report["parts"].items()]
+    rows.append(f"greedy answers: {report['identical_answers']}/{report['pairs']} identical, "
+                f"token match rate {report['token_match_rate']:.3f} ({report['precision']})")
+    rows.append("PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"]))
+    return "\n".join(rows)
+
+
+def verify(reference: Assistant, exported: Assistant, precision: str, *, pairs: int = 8, new_tokens: int = 16,
+           teacher_steps: int = 8, seed: int = 0) -> VerificationReport:
+    """Compare `exported` (any backend) with `reference` (the torch model) on fixed inputs."""
+    report = VerificationReport(precision)
+    frames = sample_frames(pairs, seed=seed)
+    ref_be, exp_be = reference.backend, exported.backend
+
+    pixels = reference.processor(frames[0])  # (1, 3, H, W)
+    ref_feats, exp_feats = ref_be.encode_images(pixels), exp_be.encode_images(pixels)  # (1, N, D)
+    report.parts["vision_features"] = Comparison.of(ref_feats, exp_feats)
+
+    # Prefill on the same spliced prompt (reference features for both), then teacher-forced decode.
+    prompt_ids = reference.tokenizer.encode_prompt(reference.template.prompt([(PROMPTS[0], None)]))
+    image = [ImageInput("verify", ref_feats[0])]
+    forced = reference.ask(frames[0], PROMPTS[0], max_new_tokens=teacher_steps).token_ids
+    sessions = [Session(be, reference.tokenizer) for be in (ref_be, exp_be)]
+    logits = [s.prefill(prompt_ids, image)[0, -1] for s in sessions]  # (V,) each
+    report.parts["prefill_logits"] = Comparison.of(*logits)
+    kv = [np.concatenate([a.ravel() for a in s.cache.arrays()]) for s in sessions]
+    report.parts["prefill_kv"] = Comparison.of(*kv)
+    steps = [Comparison.of(*(s.step(tok)[0, -1] for s in sessions)) for tok in forced]
+    if steps:
+        report.parts["decode_logits"] = Comparison(max(c.max_abs_diff for c in steps), min(c.cosine for c in steps))
+
+    # End to end: greedy answers over frame/prompt pairs.
+    matches = []
+    for k, frame in enumerate(frames):
+        prompt = PROMPTS[k % len(PROMPTS)]
+        a = reference.ask(frame, prompt, max_new_tokens=new_tokens).token_ids
+        b = exported.ask(frame, prompt, max_new_tokens=new_tokens).token_ids
+        report.identical_answers += a == b
+        n = max(len(a), len(b), 1)
+        matches.append(sum(x == y for x, y in zip(a, b)) / n)
+    report.pairs = len(frames)
+    report.token_match_rate = float(np.mean(matches))
+    _judge(report)
+    return report
+
+
+def _judge(report: VerificationReport) -> None:
+    for name, c in report.parts.items():
+        if not np.isfinite(c.max_abs_diff) or not np.isfinite(c.cosine):
+            report.failures.append(f"{name}: non-finite outputs")
+    gate = COSINE_MIN.get(report.precision)
+    if gate is None:  # int8 / int4: reported, not gated
+        return
+    for name, c in report.parts.items():
+        if c.cosine < gate:
+            report.failures.append(f"{name} cosine {c.cosine:.6f} < {gate}")
+    if report.identical_answers != report.pairs:
+        report.failures.append(f"greedy answers differ on {report.pairs - report.identical_answers}/{report.pairs} pairs")
