@@ -97,8 +97,14 @@ class Assistant:
         self.last_answer: Answer | None = None  # of the last completed stream()
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, backend: str | None = None, device: str = "cpu",
-                        dtype: str | None = None, **kwargs: Any) -> Assistant:
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        backend: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        **kwargs: Any,
+    ) -> Assistant:
         """Load a checkpoint directory (torch backend) or an export directory (its manifest's backend).
 
         `dtype` (torch backend only): fp32 (default, as the original), fp16, bf16. Other keywords go to
@@ -127,18 +133,30 @@ class Assistant:
         return cls(be, tokenizer, processor_config(path, config), get_template(config.template), eos_ids, **kwargs)
 
     @classmethod
-    def _from_export(cls, path: Path, backend: str | None, device: str, dtype: str | None,
-                     verify_checksums: bool = True, provider: str | None = None, **kwargs: Any) -> Assistant:
+    def _from_export(
+        cls,
+        path: Path,
+        backend: str | None,
+        device: str,
+        dtype: str | None,
+        verify_checksums: bool = True,
+        provider: str | None = None,
+        **kwargs: Any,
+    ) -> Assistant:
         from lphi_edge.export.manifest import Manifest
 
         if dtype is not None:
-            raise ConfigError(f"dtype applies to the torch backend; {path} is an export whose precision was fixed "
-                              "at export time (lphi-export --fp16 / --quant)")
+            raise ConfigError(
+                f"dtype applies to the torch backend; {path} is an export whose precision was fixed "
+                "at export time (lphi-export --fp16 / --quant)"
+            )
         manifest = Manifest.load(path, verify_checksums=verify_checksums)
         backend = backend or manifest.backend
         if backend == "torch":
-            raise ConfigError(f"{path} is an export directory (no PyTorch weights): use backend 'onnxruntime' or "
-                              "'tensorrt', or point --model at the checkpoint")
+            raise ConfigError(
+                f"{path} is an export directory (no PyTorch weights): use backend 'onnxruntime' or "
+                "'tensorrt', or point --model at the checkpoint"
+            )
         if backend == "onnxruntime":
             from lphi_edge.runtime.onnx_backend import OnnxBackend
 
@@ -149,8 +167,14 @@ class Assistant:
             be = TrtBackend.from_export_dir(path)
         proc = dict(manifest.processor)
         processor = ProcessorConfig.from_preprocessor_dict(proc, pad_to_square=bool(proc.get("pad_to_square")))
-        return cls(be, Tokenizer.from_dir(path), processor, get_template(manifest.template),
-                   {manifest.text["eos_token_id"]}, **kwargs)
+        return cls(
+            be,
+            Tokenizer.from_dir(path),
+            processor,
+            get_template(manifest.template),
+            {manifest.text["eos_token_id"]},
+            **kwargs,
+        )
 
     # ---- public API ---------------------------------------------------------------------------
     def ask(self, image: FrameInput | None, prompt: str, **generation: Any) -> Answer:

@@ -21,8 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint directory or export directory (lphi-export)")
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="question or instruction")
-    p.add_argument("--backend", default=None, choices=["torch", "onnxruntime", "tensorrt"],
-                   help="default: torch for a checkpoint, the manifest's backend for an export")
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=["torch", "onnxruntime", "tensorrt"],
+        help="default: torch for a checkpoint, the manifest's backend for an export",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="torch backend precision (fp32)")
     p.add_argument("--max-new-tokens", type=int, default=128)

@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the PyTorch model")
     p.add_argument("--verify-pairs", type=int, default=8, help="frame/prompt pairs in the end-to-end check")
+    p.add_argument(
+        "--min-token-match",
+        type=float,
+        default=None,
+        help="fail the export below this greedy token-match rate (e.g. 0.9 to gate int4)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -37,9 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         from lphi_edge.export.manifest import Manifest
         from lphi_edge.export.verify import report_table
 
-        config = ExportConfig(fp16=args.fp16, quant=args.quant, block_size=args.block_size,
-                              quant_vision=args.quant_vision, opset=args.opset, verify=not args.no_verify,
-                              verify_pairs=args.verify_pairs, trt=args.trt, overwrite=args.overwrite)
+        config = ExportConfig(
+            fp16=args.fp16,
+            quant=args.quant,
+            block_size=args.block_size,
+            quant_vision=args.quant_vision,
+            opset=args.opset,
+            verify=not args.no_verify,
+            verify_pairs=args.verify_pairs,
+            min_token_match=args.min_token_match,
+            trt=args.trt,
+            overwrite=args.overwrite,
+        )
         if args.trt:  # fail before the (long) ONNX export when TensorRT cannot run here
             from lphi_edge.export.tensorrt import require_tensorrt
 

@@ -29,17 +29,19 @@ from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.export import onnx_parts
 from lphi_edge.export.manifest import FORMAT, FORMAT_VERSION, PARTS, Manifest, file_table, sha256_file
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
-from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
+from lphi_edge.model.checkpoint import load_checkpoint, make_readable, processor_config, weight_files
 from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
 
 logger = logging.getLogger(__name__)
 
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-                onnx.TensorProto.INT64: "int64"}
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64"}
 
 
-_EXPORTERS = {"vision_encoder": onnx_parts.export_vision, "embed_tokens": onnx_parts.export_embed,
-              "decoder_model_merged": onnx_parts.export_decoder}
+_EXPORTERS = {
+    "vision_encoder": onnx_parts.export_vision,
+    "embed_tokens": onnx_parts.export_embed,
+    "decoder_model_merged": onnx_parts.export_decoder,
+}
 
 
 class VerificationError(LphiError):
@@ -62,6 +64,7 @@ class ExportConfig:
         opset: ONNX opset of the exported graphs.
         verify: compare against the PyTorch model before publishing (on by default).
         verify_pairs: frame/prompt pairs of the end-to-end check.
+        min_token_match: also fail verification below this greedy token-match rate (e.g. to gate int4).
         trt: also build TensorRT engines on this machine's GPU.
         overwrite: replace an existing export directory.
     """
@@ -73,6 +76,7 @@ class ExportConfig:
     opset: int = 20
     verify: bool = True
     verify_pairs: int = 8
+    min_token_match: float | None = None
     trt: bool = False
     overwrite: bool = False
 
@@ -85,6 +89,8 @@ class ExportConfig:
             raise ConfigError(f"ExportConfig.opset must be in 18..23 (torch.onnx dynamo export), got {self.opset}")
         if self.verify_pairs < 1:
             raise ConfigError(f"ExportConfig.verify_pairs must be ≥ 1, got {self.verify_pairs}")
+        if self.min_token_match is not None and not 0 <= self.min_token_match <= 1:
+            raise ConfigError(f"ExportConfig.min_token_match must be in [0, 1], got {self.min_token_match}")
 
     @property
     def part_precisions(self) -> dict[str, str]:
@@ -137,6 +143,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
             from lphi_edge.export.tensorrt import TrtBuildConfig, build_engines
 
             build_engines(tmp, TrtBuildConfig())
+        make_readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -189,8 +196,13 @@ def _write_manifest(tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, con
     parts = {}
     for part, precision in config.part_precisions.items():
         graph = onnx.load(str(tmp / f"{part}.onnx"), load_external_data=False).graph
-        parts[part] = {"file": f"{part}.onnx", "data": f"{part}.onnx.data", "precision": precision,
-                       "inputs": _io(graph.input), "outputs": _io(graph.output)}
+        parts[part] = {
+            "file": f"{part}.onnx",
+            "data": f"{part}.onnx.data",
+            "precision": precision,
+            "inputs": _io(graph.input),
+            "outputs": _io(graph.output),
+        }
     proc = processor_config(model_dir, cfg)
     data = {
         "format": FORMAT,
@@ -200,19 +212,28 @@ def _write_manifest(tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, con
         "precision": config.precision,
         "parts": parts,
         "text_config": {
-            "hidden_size": cfg.text.hidden_size, "vocab_size": cfg.text.vocab_size,
-            "context_length": cfg.text.max_position_embeddings, "image_tokens": cfg.image_tokens,
-            "num_layers": cfg.text.num_hidden_layers, "num_heads": cfg.text.num_attention_heads,
-            "num_kv_heads": cfg.text.num_key_value_heads, "head_dim": cfg.head_dim,
+            "hidden_size": cfg.text.hidden_size,
+            "vocab_size": cfg.text.vocab_size,
+            "context_length": cfg.text.max_position_embeddings,
+            "image_tokens": cfg.image_tokens,
+            "num_layers": cfg.text.num_hidden_layers,
+            "num_heads": cfg.text.num_attention_heads,
+            "num_kv_heads": cfg.text.num_key_value_heads,
+            "head_dim": cfg.head_dim,
             "eos_token_id": tokenizer.eos_token_id,
         },
         "processor": {**proc.to_preprocessor_dict(), "pad_to_square": proc.pad_to_square},
         "template": cfg.template,
         "export_config": asdict(config),
         "source": {"checkpoint": str(model_dir.resolve()), "sha256": _source_hash(model_dir)},
-        "tools": {"lphi_edge": lphi_edge.__version__, "torch": torch.__version__,
-                  "transformers": transformers.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__, "opset": config.opset},
+        "tools": {
+            "lphi_edge": lphi_edge.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": config.opset,
+        },
         "files": file_table(tmp),
         "verification": None,
     }
@@ -225,11 +246,17 @@ def _verify(tmp: Path, model_dir: Path, config: ExportConfig) -> None:
 
     reference = Assistant.from_pretrained(model_dir, backend="torch")
     exported = Assistant.from_pretrained(tmp, backend="onnxruntime")
-    report = verify(reference, exported, config.precision, pairs=config.verify_pairs).to_dict()
+    report = verify(
+        reference, exported, config.precision, pairs=config.verify_pairs, min_token_match=config.min_token_match
+    ).to_dict()
     logger.info("verification of the %s export:\n%s", config.precision, report_table(report))
     manifest = Manifest.load(tmp, verify_checksums=False)
     manifest.data["verification"] = report
     manifest.write()
     if not report["passed"]:
-        raise VerificationError(f"exported {config.precision} model does not match the PyTorch model: "
-                                + "; ".join(report["failures"]) + " (nothing was published)", report)
+        raise VerificationError(
+            f"exported {config.precision} model does not match the PyTorch model: "
+            + "; ".join(report["failures"])
+            + " (nothing was published)",
+            report,
+        )

@@ -1,11 +1,11 @@
 """The export directory's `manifest.json`: self-describing, checksummed, versioned. Torch-free.
 
-    DIR/manifest.json
-    DIR/vision_encoder.onnx (+ .onnx.data)        pixel_values[B,3,H,W] f32 → image_features[B,N,D]
-    DIR/embed_tokens.onnx (+ .onnx.data)          input_ids[B,S] i64 → inputs_embeds[B,S,D]
-    DIR/decoder_model_merged.onnx (+ .onnx.data)  inputs_embeds, attention_mask, position_ids,
-                                                  past_key_values.{i}.key|value → logits, present.{i}.key|value
-    DIR/tokenizer.json (+ tokenizer_config.json, ...)
+DIR/manifest.json
+DIR/vision_encoder.onnx (+ .onnx.data)        pixel_values[B,3,H,W] f32 → image_features[B,N,D]
+DIR/embed_tokens.onnx (+ .onnx.data)          input_ids[B,S] i64 → inputs_embeds[B,S,D]
+DIR/decoder_model_merged.onnx (+ .onnx.data)  inputs_embeds, attention_mask, position_ids,
+                                              past_key_values.{i}.key|value → logits, present.{i}.key|value
+DIR/tokenizer.json (+ tokenizer_config.json, ...)
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ class Manifest:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{f} is not valid JSON ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CheckpointError(f"{f}: format is {data.get('format') if isinstance(data, dict) else None!r}, "
-                                  f"expected {FORMAT!r}")
+            raise CheckpointError(
+                f"{f}: format is {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r}"
+            )
         version = data.get("format_version")
         if version not in SUPPORTED_VERSIONS:
             raise CheckpointError(
@@ -117,7 +118,9 @@ class Manifest:
             if size != meta["bytes"]:
                 raise CheckpointError(f"export file {fp} has {size} bytes, manifest says {meta['bytes']} (truncated?)")
             if verify_checksums and sha256_file(fp) != meta["sha256"]:
-                raise CheckpointError(f"export file {fp} does not match its sha256 in {MANIFEST} (corrupted or modified)")
+                raise CheckpointError(
+                    f"export file {fp} does not match its sha256 in {MANIFEST} (corrupted or modified)"
+                )
 
 
 def file_table(directory: Path) -> dict[str, dict[str, Any]]:

@@ -68,34 +68,70 @@ class Decoder(nn.Module):
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bound = dict(zip(self.arg_names, args)) | kwargs
         past = [bound[n] for n in self.arg_names[3:]]  # (B, H, P, Dh) each
-        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)],
-                             config=self.model.config.text)
-        out = self.model(inputs_embeds=bound["inputs_embeds"], attention_mask=bound["attention_mask"],
-                         position_ids=bound["position_ids"], cache=cache)
+        cache = DynamicCache(
+            [(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)], config=self.model.config.text
+        )
+        out = self.model(
+            inputs_embeds=bound["inputs_embeds"],
+            attention_mask=bound["attention_mask"],
+            position_ids=bound["position_ids"],
+            cache=cache,
+        )
         present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]  # (B, H, P + S, Dh)
         return (out.logits, *present)
 
 
-def _export(module: nn.Module, kwargs: dict[str, torch.Tensor], dynamic_shapes: dict, path: Path,
-            input_names: list[str], output_names: list[str], opset: int) -> None:
+def _export(
+    module: nn.Module,
+    kwargs: dict[str, torch.Tensor],
+    dynamic_shapes: dict,
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+) -> None:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
-        torch.onnx.export(module, (), str(path), kwargs=kwargs, dynamo=True, dynamic_shapes=dynamic_shapes,
-                          input_names=input_names, output_names=output_names, opset_version=opset,
-                          external_data=True, verbose=False)
+        torch.onnx.export(
+            module,
+            (),
+            str(path),
+            kwargs=kwargs,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            external_data=True,
+            verbose=False,
+        )
 
 
 def export_vision(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
     size = model.config.vision.image_size
     pixels = torch.randn(2, 3, size, size)  # (B, 3, H, W)
-    _export(VisionEncoder(model).eval(), {"pixel_values": pixels}, {"pixel_values": {0: Dim("batch")}}, path,
-            ["pixel_values"], ["image_features"], opset)
+    _export(
+        VisionEncoder(model).eval(),
+        {"pixel_values": pixels},
+        {"pixel_values": {0: Dim("batch")}},
+        path,
+        ["pixel_values"],
+        ["image_features"],
+        opset,
+    )
 
 
 def export_embed(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
     ids = torch.randint(0, model.config.text.vocab_size, (2, 3))  # (B, S)
-    _export(EmbedTokens(model).eval(), {"input_ids": ids}, {"input_ids": {0: Dim("batch"), 1: Dim("sequence")}},
-            path, ["input_ids"], ["inputs_embeds"], opset)
+    _export(
+        EmbedTokens(model).eval(),
+        {"input_ids": ids},
+        {"input_ids": {0: Dim("batch"), 1: Dim("sequence")}},
+        path,
+        ["input_ids"],
+        ["inputs_embeds"],
+        opset,
+    )
 
 
 def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
@@ -109,8 +145,11 @@ def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
         "attention_mask": torch.ones(b, p + s, dtype=torch.long),  # (B, P + S)
         "position_ids": torch.arange(p, p + s).expand(b, s).clone(),  # (B, S)
     }
-    dynamic = {"inputs_embeds": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
-               "position_ids": {0: batch, 1: seq}}
+    dynamic = {
+        "inputs_embeds": {0: batch, 1: seq},
+        "attention_mask": {0: batch, 1: total},
+        "position_ids": {0: batch, 1: seq},
+    }
     for name in dec.arg_names[3:]:
         kwargs[name] = torch.randn(b, heads, p, head_dim)  # (B, H, P, Dh)
         dynamic[name] = {0: batch, 2: past}

@@ -56,8 +56,14 @@ def save_with_data(model: onnx.ModelProto, path: Path) -> None:
     data = path.with_name(path.name + ".data")
     for f in (path, data):
         f.unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
 
 
 def to_fp16(path: Path, keep_io_types: bool) -> None:
@@ -75,14 +81,20 @@ def quantize_weights(path: Path, config: QuantConfig) -> int:
 
     model = onnx.load(str(path))
     before = sum(n.op_type == "MatMul" for n in model.graph.node)
-    q = MatMulNBitsQuantizer(model, bits=config.bits, block_size=config.block_size, is_symmetric=config.symmetric,
-                             accuracy_level=config.accuracy_level)
+    q = MatMulNBitsQuantizer(
+        model,
+        bits=config.bits,
+        block_size=config.block_size,
+        is_symmetric=config.symmetric,
+        accuracy_level=config.accuracy_level,
+    )
     q.process()
     quantized = q.model.model
     n = sum(node.op_type == "MatMulNBits" for node in quantized.graph.node)
     if n == 0:
         raise ConfigError(f"{path.name}: no MatMul weights could be quantized to {config.precision}")
-    logger.info("%s: %d of %d MatMuls → MatMulNBits (%d bits, block %d)", path.name, n, before, config.bits,
-                config.block_size)
+    logger.info(
+        "%s: %d of %d MatMuls → MatMulNBits (%d bits, block %d)", path.name, n, before, config.bits, config.block_size
+    )
     save_with_data(quantized, path)
     return n

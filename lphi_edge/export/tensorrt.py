@@ -45,7 +45,7 @@ _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _ORT_QUANT_OPS = frozenset({"MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"})
 
 
-# ---- configuration -------------------------------------------------------------------------------------
+# ---- configuration ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrtBuildConfig:
     """How to build the engines. Validated on construction; every error names the field.
@@ -92,7 +92,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 def engine_dir_name(gpu_name: str, sm: tuple[int, int], trt_version: str, precision: str) -> str:
-    """"NVIDIA H100 80GB HBM3", (9, 0), "10.3.0", "fp16" → "nvidia-h100-80gb-hbm3-sm90-trt10.3.0-fp16"."""
+    """ "NVIDIA H100 80GB HBM3", (9, 0), "10.3.0", "fp16" → "nvidia-h100-80gb-hbm3-sm90-trt10.3.0-fp16"."""
     return f"{_slug(gpu_name) or 'gpu'}-sm{sm[0]}{sm[1]}-trt{_slug(trt_version)}-{_slug(precision)}"
 
 
@@ -101,7 +101,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.")
 
 
-# ---- TensorRT and CUDA availability -------------------------------------------------------------------------
+# ---- TensorRT and CUDA availability ----------------------------------------------------------------------------------
 def import_cudart():
     """cuda-python's runtime API module: `cuda.bindings.runtime` (≥ 12.6) or `cuda.cudart` (older)."""
     try:
@@ -172,8 +172,13 @@ def trt_logger(trt):
     if _TRT_LOGGER is None:
         log = logging.getLogger("lphi_edge.tensorrt")
         sev = trt.ILogger.Severity
-        levels = {sev.INTERNAL_ERROR: logging.CRITICAL, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
-                  sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG}
+        levels = {
+            sev.INTERNAL_ERROR: logging.CRITICAL,
+            sev.ERROR: logging.ERROR,
+            sev.WARNING: logging.WARNING,
+            sev.INFO: logging.DEBUG,
+            sev.VERBOSE: logging.DEBUG,
+        }
 
         class _LoggingBridge(trt.ILogger):
             def __init__(self) -> None:
@@ -186,7 +191,7 @@ def trt_logger(trt):
     return _TRT_LOGGER
 
 
-# ---- engine directories ---------------------------------------------------------------------------------------
+# ---- engine directories ----------------------------------------------------------------------------------------------
 def source_hashes(manifest: Manifest) -> dict[str, str]:
     """sha256 (from manifest["files"]) of each part's ONNX file and its external data."""
     files = manifest.data["files"]
@@ -219,7 +224,7 @@ def existing_engine_dirs(export_dir: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / BUILD_JSON).is_file())
 
 
-# ---- build ---------------------------------------------------------------------------------------------------------
+# ---- build -----------------------------------------------------------------------------------------------------------
 def build_engines(export_dir: str | os.PathLike, config: TrtBuildConfig | None = None) -> Path:
     """Build (or reuse) the three engines for this GPU and TensorRT version; returns the engine directory."""
     trt = require_tensorrt()
@@ -251,8 +256,12 @@ def build_engines(export_dir: str | os.PathLike, config: TrtBuildConfig | None =
             t_part = time.perf_counter()
             profiles[part] = _build_part(trt, manifest, part, config, graphs[part], tmp / f"{part}{ENGINE_SUFFIX}")
             seconds[part] = round(time.perf_counter() - t_part, 2)
-        build = {**key, "profiles": profiles, "part_seconds": seconds,
-                 "build_seconds": round(time.perf_counter() - t0, 2)}
+        build = {
+            **key,
+            "profiles": profiles,
+            "part_seconds": seconds,
+            "build_seconds": round(time.perf_counter() - t0, 2),
+        }
         (tmp / BUILD_JSON).write_text(json.dumps(build, indent=2) + "\n")
         _replace_dir(tmp, out)
     except BaseException:
@@ -323,8 +332,9 @@ def _check_part(manifest: Manifest, part: str, config: TrtBuildConfig, trt) -> _
     return graph
 
 
-def _build_part(trt, manifest: Manifest, part: str, config: TrtBuildConfig, graph: _PartGraph,
-                engine_path: Path) -> dict[str, dict[str, list[int]]]:
+def _build_part(
+    trt, manifest: Manifest, part: str, config: TrtBuildConfig, graph: _PartGraph, engine_path: Path
+) -> dict[str, dict[str, list[int]]]:
     """Parse one ONNX part, build and write its serialized engine; returns its optimization profile."""
     onnx_path = manifest.part_file(part)
     log = trt_logger(trt)
@@ -374,8 +384,9 @@ def _set_precision_flags(trt, build_config, precision: str, graph: _PartGraph) -
         build_config.set_flag(flags.INT8)
 
 
-def _profile_shapes(manifest: Manifest, part: str, name: str, dims: tuple[int, ...], config: TrtBuildConfig
-                    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+def _profile_shapes(
+    manifest: Manifest, part: str, name: str, dims: tuple[int, ...], config: TrtBuildConfig
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """(min, opt, max) of one network input: its static dims kept, each dynamic (-1) axis given its range.
 
     Axes: batch 1..max_batch (opt 1); vision H/W = the processor's crop; new positions S 1..max_context
@@ -386,8 +397,7 @@ def _profile_shapes(manifest: Manifest, part: str, name: str, dims: tuple[int, .
     seq = (1, opt_p if part == "embed_tokens" else 1, ctx)
     ranges: dict[int, tuple[int, int, int]] = {0: (1, 1, config.max_batch)}  # axis → (min, opt, max)
     if name == "pixel_values":  # [B, 3, H, W]
-        proc = manifest.processor
-        h, w = int(proc["crop_height"]), int(proc["crop_width"])
+        h, w = _crop_size(manifest.processor)
         ranges.update({2: (h, h, h), 3: (w, w, w)})
     elif name in ("input_ids", "inputs_embeds", "position_ids"):  # [B, S(, D)]
         ranges[1] = seq
@@ -402,7 +412,22 @@ def _profile_shapes(manifest: Manifest, part: str, name: str, dims: tuple[int, .
         elif axis in ranges:
             per_axis.append(ranges[axis])
         else:
-            raise LphiError(f"{part}: input {name!r} has dynamic axis {axis} of shape {list(dims)} that lphi-edge "
-                            "does not know how to bound; re-export with lphi-export")
+            raise LphiError(
+                f"{part}: input {name!r} has dynamic axis {axis} of shape {list(dims)} that lphi-edge "
+                "does not know how to bound; re-export with lphi-export"
+            )
     lo, opt, hi = (tuple(r[k] for r in per_axis) for k in range(3))
     return lo, opt, hi
+
+
+def _crop_size(processor: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) the vision part takes: ProcessorConfig's crop_height/crop_width (or HF's crop_size)."""
+    if "crop_height" in processor and "crop_width" in processor:
+        return int(processor["crop_height"]), int(processor["crop_width"])
+    crop = processor.get("crop_size")
+    if isinstance(crop, dict) and "height" in crop and "width" in crop:
+        return int(crop["height"]), int(crop["width"])
+    raise LphiError(
+        f"manifest processor config has no crop_height/crop_width (got keys {sorted(processor)}): "
+        "re-export with lphi-export"
+    )

@@ -21,8 +21,13 @@ from lphi_edge.runtime.generation import ImageInput, Session
 
 logger = logging.getLogger(__name__)
 
-PROMPTS = ("What shape is in the image?", "How many shapes are there?", "What color is the circle?",
-           "Is there a red square?", "Describe the scene in front of the robot.")
+PROMPTS = (
+    "What shape is in the image?",
+    "How many shapes are there?",
+    "What color is the circle?",
+    "Is there a red square?",
+    "Describe the scene in front of the robot.",
+)
 COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999}
 
 
@@ -58,24 +63,36 @@ class VerificationReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
-        d["thresholds"] = {"cosine_min": COSINE_MIN.get(self.precision),
-                           "identical_tokens": self.precision in COSINE_MIN}
+        d["thresholds"] = {
+            "cosine_min": COSINE_MIN.get(self.precision),
+            "identical_tokens": self.precision in COSINE_MIN,
+        }
         return d
-
 
 
 def report_table(report: dict[str, Any]) -> str:
     """A verification report (as stored in manifest.json) as a text table."""
     rows = [f"{'check':<18} {'max |diff|':>12} {'cosine':>10}"]
     rows += [f"{name:<18} {c['max_abs_diff']:>12.3e} {c['cosine']:>10.6f}" for name, c in report["parts"].items()]
-    rows.append(f"greedy answers: {report['identical_answers']}/{report['pairs']} identical, "
-                f"token match rate {report['token_match_rate']:.3f} ({report['precision']})")
+    rows.append(
+        f"greedy answers: {report['identical_answers']}/{report['pairs']} identical, "
+        f"token match rate {report['token_match_rate']:.3f} ({report['precision']})"
+    )
     rows.append("PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"]))
     return "\n".join(rows)
 
 
-def verify(reference: Assistant, exported: Assistant, precision: str, *, pairs: int = 8, new_tokens: int = 16,
-           teacher_steps: int = 8, seed: int = 0) -> VerificationReport:
+def verify(
+    reference: Assistant,
+    exported: Assistant,
+    precision: str,
+    *,
+    pairs: int = 8,
+    new_tokens: int = 16,
+    teacher_steps: int = 8,
+    seed: int = 0,
+    min_token_match: float | None = None,
+) -> VerificationReport:
     """Compare `exported` (any backend) with `reference` (the torch model) on fixed inputs."""
     report = VerificationReport(precision)
     frames = sample_frames(pairs, seed=seed)
@@ -109,14 +126,16 @@ def verify(reference: Assistant, exported: Assistant, precision: str, *, pairs: 
         matches.append(sum(x == y for x, y in zip(a, b)) / n)
     report.pairs = len(frames)
     report.token_match_rate = float(np.mean(matches))
-    _judge(report)
+    _judge(report, min_token_match)
     return report
 
 
-def _judge(report: VerificationReport) -> None:
+def _judge(report: VerificationReport, min_token_match: float | None) -> None:
     for name, c in report.parts.items():
         if not np.isfinite(c.max_abs_diff) or not np.isfinite(c.cosine):
             report.failures.append(f"{name}: non-finite outputs")
+    if min_token_match is not None and report.token_match_rate < min_token_match:
+        report.failures.append(f"token match rate {report.token_match_rate:.3f} < {min_token_match}")
     gate = COSINE_MIN.get(report.precision)
     if gate is None:  # int8 / int4: reported, not gated
         return
@@ -124,4 +143,6 @@ def _judge(report: VerificationReport) -> None:
         if c.cosine < gate:
             report.failures.append(f"{name} cosine {c.cosine:.6f} < {gate}")
     if report.identical_answers != report.pairs:
-        report.failures.append(f"greedy answers differ on {report.pairs - report.identical_answers}/{report.pairs} pairs")
+        report.failures.append(
+            f"greedy answers differ on {report.pairs - report.identical_answers}/{report.pairs} pairs"
+        )

@@ -144,13 +144,14 @@ def processor_config(path: str | os.PathLike, config: LlavaPhiConfig) -> Process
     )
 
 
-def _make_readable(directory: Path) -> None:
+def make_readable(directory: Path) -> None:
     """mkdtemp creates 0700; give the directory and its files the usual umask-based modes."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for f in directory.iterdir():
-        os.chmod(f, 0o666 & ~umask)
+    for root, _dirs, files in os.walk(directory):
+        os.chmod(root, 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
 
 
 def save_checkpoint(model: LlavaPhiForCausalLM, out: str | os.PathLike, **options: Any) -> Path:
@@ -197,7 +198,7 @@ def write_native(
         if tokenizer_dir is not None:
             for f in tokenizer_files(tokenizer_dir):
                 shutil.copy2(f, tmp / f.name)
-        _make_readable(tmp)
+        make_readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

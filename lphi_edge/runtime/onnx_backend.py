@@ -69,8 +69,9 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, device: str = "cpu", provider: str | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self, manifest: Manifest, device: str = "cpu", provider: str | None = None, threads: int | None = None
+    ):
         ort = _import_ort()
         self.manifest = manifest
         self.device = device
@@ -103,8 +104,12 @@ class OnnxBackend:
         logger.info("onnxruntime %s: %s parts on %s", ort.__version__, self.precision, self.provider)
         t = manifest.text
         self.spec = ModelSpec(
-            hidden_size=t["hidden_size"], vocab_size=t["vocab_size"], context_length=t["context_length"],
-            image_tokens=t["image_tokens"], num_layers=t["num_layers"], num_kv_heads=t["num_kv_heads"],
+            hidden_size=t["hidden_size"],
+            vocab_size=t["vocab_size"],
+            context_length=t["context_length"],
+            image_tokens=t["image_tokens"],
+            num_layers=t["num_layers"],
+            num_kv_heads=t["num_kv_heads"],
             head_dim=t["head_dim"],
         )
         dec = self.sessions["decoder_model_merged"]
@@ -116,8 +121,9 @@ class OnnxBackend:
         self._cuda = self.provider != "CPUExecutionProvider"
 
     @classmethod
-    def from_export_dir(cls, path: str | os.PathLike, device: str = "cpu", *, verify_checksums: bool = True,
-                        **kwargs: Any) -> OnnxBackend:
+    def from_export_dir(
+        cls, path: str | os.PathLike, device: str = "cpu", *, verify_checksums: bool = True, **kwargs: Any
+    ) -> OnnxBackend:
         return cls(Manifest.load(path, verify_checksums=verify_checksums), device=device, **kwargs)
 
     def _check_io(self, part: str, sess) -> None:
@@ -155,8 +161,9 @@ class OnnxBackend:
             return OrtCache([ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in self._past_names], 0)
         return OrtCache([empty for _ in self._past_names], 0)
 
-    def decode(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-               past: OrtCache) -> tuple[np.ndarray, OrtCache]:
+    def decode(
+        self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: OrtCache
+    ) -> tuple[np.ndarray, OrtCache]:
         """→ (logits f32 [B, S, V], the cache extended by S positions)."""
         feeds = {
             "inputs_embeds": inputs_embeds.astype(self._dtypes["inputs_embeds"], copy=False),  # (B, S, D)

@@ -34,8 +34,11 @@ class TorchCache:
 
     def arrays(self) -> list[np.ndarray]:
         """key, value per layer as float32 numpy [B, H, P, Dh] (for verification)."""
-        return [t.detach().to("cpu", torch.float32).numpy() for layer in self.cache.layers
-                for t in (layer.keys, layer.values)]
+        return [
+            t.detach().to("cpu", torch.float32).numpy()
+            for layer in self.cache.layers
+            for t in (layer.keys, layer.values)
+        ]
 
 
 def resolve_device(device: str) -> torch.device:

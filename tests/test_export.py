@@ -1,0 +1,259 @@
+"""lphi-export: exported engines answer like the PyTorch model; bad exports are refused by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+
+from lphi_edge import Assistant
+from lphi_edge.data.shapes import sample_frames
+from lphi_edge.errors import CheckpointError, ConfigError
+from lphi_edge.export.exporter import ExportConfig, VerificationError, export_model
+from lphi_edge.export.manifest import MANIFEST, PARTS, Manifest, decoder_io_names, file_table
+from lphi_edge.export.verify import PROMPTS, cosine
+
+EXE = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_ckpt, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exports")
+    out = {"fp32": export_model(tiny_ckpt, root / "fp32")}
+    out["fp16"] = export_model(tiny_ckpt, root / "fp16", ExportConfig(fp16=True))
+    for q in ("int8", "int4"):
+        out[q] = export_model(tiny_ckpt, root / q, ExportConfig(quant=q))
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_assistant(tiny_ckpt) -> Assistant:
+    return Assistant.from_pretrained(tiny_ckpt)
+
+
+def pairs(n: int = 10):
+    return [(f, PROMPTS[k % len(PROMPTS)]) for k, f in enumerate(sample_frames(n, seed=42))]
+
+
+def test_fp32_export_answers_identically(exports, torch_assistant):
+    ort = Assistant.from_pretrained(exports["fp32"])  # backend picked from the manifest
+    assert ort.backend.name == "onnxruntime" and ort.backend.precision == "fp32"
+    for frame, prompt in pairs(10):
+        assert (
+            ort.ask(frame, prompt, max_new_tokens=16).token_ids
+            == torch_assistant.ask(frame, prompt, max_new_tokens=16).token_ids
+        )
+
+
+def test_fp16_export_identical_on_sample_set_and_close_logits(exports, torch_assistant):
+    ort = Assistant.from_pretrained(exports["fp16"])
+    report = Manifest.load(exports["fp16"]).data["verification"]
+    assert report["passed"] and report["identical_answers"] == report["pairs"] >= 8
+    assert min(c["cosine"] for c in report["parts"].values()) >= 0.999
+    frame = sample_frames(1, seed=7)[0]
+    px = torch_assistant.processor(frame)
+    assert cosine(torch_assistant.backend.encode_images(px), ort.backend.encode_images(px)) >= 0.999
+    assert (
+        ort.ask(frame, PROMPTS[0], max_new_tokens=16).token_ids
+        == torch_assistant.ask(frame, PROMPTS[0], max_new_tokens=16).token_ids
+    )
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_exports_run_and_report(exports, precision):
+    m = Manifest.load(exports[precision])
+    report = m.data["verification"]
+    assert m.precision == precision and report["precision"] == precision
+    assert 0.0 <= report["token_match_rate"] <= 1.0 and report["pairs"] >= 8
+    assert m.part("decoder_model_merged")["precision"] == precision
+    graph = onnx.load(str(m.part_file("decoder_model_merged")), load_external_data=False).graph
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= 4 * 2 + 1  # q,k,v,dense,fc1,fc2 per layer + lm_head
+    assert (
+        len(
+            Assistant.from_pretrained(exports[precision])
+            .ask(sample_frames(1)[0], PROMPTS[1], max_new_tokens=6)
+            .token_ids
+        )
+        > 0
+    )
+    if precision == "int8":
+        assert report["token_match_rate"] >= 0.5  # int8 stays close; int4 is only reported
+
+
+def test_quantized_decoder_is_smaller(exports):
+    size = {p: Manifest.load(d).data["files"]["decoder_model_merged.onnx.data"]["bytes"] for p, d in exports.items()}
+    assert size["int4"] < size["int8"] < size["fp16"] < size["fp32"]
+
+
+def test_manifest_is_self_describing(exports, tiny_ckpt):
+    m = Manifest.load(exports["fp32"])
+    d = m.data
+    assert d["format"] == "lphi-edge-export" and d["format_version"] == 1
+    names = sorted(p.name for p in exports["fp32"].iterdir() if p.name != MANIFEST)
+    assert sorted(d["files"]) == names and d["files"] == file_table(exports["fp32"])
+    for part in PARTS:
+        assert (exports["fp32"] / f"{part}.onnx").is_file() and (exports["fp32"] / f"{part}.onnx.data").is_file()
+    ins, outs = decoder_io_names(2)
+    dec = m.part("decoder_model_merged")
+    assert [t["name"] for t in dec["inputs"]] == ins and [t["name"] for t in dec["outputs"]] == outs
+    assert dec["inputs"][0]["shape"] == ["batch", "sequence", 80]
+    assert [t["name"] for t in m.part("vision_encoder")["inputs"]] == ["pixel_values"]
+    assert [t["name"] for t in m.part("embed_tokens")["outputs"]] == ["inputs_embeds"]
+    assert d["text_config"]["num_layers"] == 2 and d["text_config"]["image_tokens"] == 16
+    assert d["processor"]["pad_to_square"] is True and d["template"] == "phi_v0"
+    assert len(d["source"]["sha256"]) == 64 and {"torch", "onnxruntime", "onnx", "opset"} <= set(d["tools"])
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(d["files"])
+    assert d["verification"]["passed"]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "victim", ["vision_encoder.onnx.data", "embed_tokens.onnx", "decoder_model_merged.onnx.data", "tokenizer.json"]
+)
+def test_flipped_byte_is_refused_naming_the_file(exports, tmp_path, victim):
+    d = _copy(exports["fp32"], tmp_path / "e")
+    f = d / victim
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=f"{victim}.*sha256"):
+        Assistant.from_pretrained(d)
+
+
+def test_missing_file_and_unknown_version_are_refused(exports, tmp_path):
+    d = _copy(exports["fp32"], tmp_path / "missing")
+    (d / "embed_tokens.onnx.data").unlink()
+    with pytest.raises(CheckpointError, match="embed_tokens.onnx.data"):
+        Assistant.from_pretrained(d)
+    d = _copy(exports["fp32"], tmp_path / "version")
+    data = json.loads((d / MANIFEST).read_text())
+    data["format_version"] = 99
+    (d / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="format_version 99 is not supported"):
+        Assistant.from_pretrained(d)
+
+
+def test_renamed_graph_input_is_refused_naming_the_tensor(exports, tmp_path):
+    d = _copy(exports["fp32"], tmp_path / "renamed")
+    path = d / "decoder_model_merged.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    old = model.graph.input[3].name
+    model.graph.input[3].name = "past.0.k"
+    for node in model.graph.node:
+        node.input[:] = ["past.0.k" if i == old else i for i in node.input]
+    onnx.save(model, str(path))
+    data = json.loads((d / MANIFEST).read_text())
+    data["files"] = file_table(d)  # checksums made consistent: only the names are wrong
+    (d / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"decoder_model_merged.onnx.*missing \['past_key_values.0.key'\]"):
+        Assistant.from_pretrained(d)
+
+
+def test_failed_verification_publishes_nothing(tiny_ckpt, tmp_path):
+    out = tmp_path / "strict-int4"
+    with pytest.raises(VerificationError, match="token match rate .* < 0.99") as err:
+        export_model(tiny_ckpt, out, ExportConfig(quant="int4", min_token_match=0.99, verify_pairs=2))
+    assert not out.exists() and not list(tmp_path.glob(".strict-int4*"))
+    assert err.value.report["passed"] is False
+
+
+def test_cli_failure_exits_non_zero(tiny_ckpt, tmp_path, exports):
+    proc = subprocess.run(
+        [str(EXE / "lphi-export"), str(tiny_ckpt), "--out", str(exports["fp32"])], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "already exists" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [str(EXE / "lphi-export"), str(tiny_ckpt), "--out", str(tmp_path / "t"), "--trt"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "build on the target" in proc.stderr and not (tmp_path / "t").exists()
+
+
+def test_killed_export_leaves_nothing_that_looks_finished(tiny_ckpt, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [str(EXE / "lphi-export"), str(tiny_ckpt), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((p / "vision_encoder.onnx").exists() for p in tmp_path.glob(".killed.*")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    with pytest.raises(CheckpointError):
+        Assistant.from_pretrained(out)
+    assert [p.name.startswith(".killed.partial-") for p in tmp_path.iterdir()] == [True]  # hidden debris only
+    export_model(tiny_ckpt, out, ExportConfig(verify_pairs=1))  # the next export clears the debris
+    assert (out / MANIFEST).is_file() and not list(tmp_path.glob(".killed.partial-*"))
+
+
+def test_lphi_ask_on_export_dir(exports, torch_assistant):
+    frame_path = Path(__file__).resolve().parents[1] / "lphi_edge" / "assets" / "sample_frame.png"
+    proc = subprocess.run(
+        [
+            str(EXE / "lphi-ask"),
+            "--model",
+            str(exports["fp32"]),
+            "--image",
+            str(frame_path),
+            "--prompt",
+            PROMPTS[2],
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["backend"] == "onnxruntime" and out["precision"] == "fp32"
+    assert out["token_ids"] == torch_assistant.ask(frame_path, PROMPTS[2], max_new_tokens=12).token_ids
+
+
+def test_runtime_process_never_imports_torch_or_transformers(exports):
+    code = f"""
+import sys
+from lphi_edge import Assistant
+from lphi_edge.data.shapes import sample_frames
+a = Assistant.from_pretrained({str(exports["int4"])!r})
+ans = a.ask(sample_frames(1)[0], "What shape is in the image?", max_new_tokens=4)
+assert a.backend.name == "onnxruntime" and len(ans.token_ids) > 0
+bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))
+assert not bad, bad
+print("clean")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("clean")
+
+
+def test_export_options_are_validated(tiny_ckpt, tmp_path, exports):
+    for bad in (dict(quant="int3"), dict(quant="int4", block_size=20), dict(quant_vision=True), dict(opset=9)):
+        with pytest.raises(ConfigError):
+            ExportConfig(**bad)
+    with pytest.raises(ConfigError, match="backend 'onnxruntime' runs exported engines"):
+        Assistant.from_pretrained(tiny_ckpt, backend="onnxruntime")
+    with pytest.raises(ConfigError, match="export directory"):
+        Assistant.from_pretrained(exports["fp32"], backend="torch")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # never a silent CPU fallback
+        with pytest.raises(ConfigError, match="CUDAExecutionProvider is not available"):
+            Assistant.from_pretrained(exports["fp32"], device="cuda")
+    with pytest.raises(ConfigError, match="dtype applies to the torch backend"):
+        Assistant.from_pretrained(exports["fp32"], dtype="bf16")
