@@ -26,10 +26,21 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--quant", "int8"], "int4": ["--quant", "int4"]}
+PRECISIONS = {
+    "fp32": [],
+    "fp16": ["--fp16"],
+    "int8": ["--quant", "int8"],
+    "int4": ["--quant", "int4"],
+    "int8-vision": ["--quant", "int8", "--quant-vision"],  # vision encoder's MatMuls int8 too
+}
 
 
-def run_export(ckpt: Path, out: Path, flags: list[str], pairs: int) -> dict:
+def run_export(ckpt: Path, out: Path, flags: list[str], pairs: int, reuse: bool) -> dict:
+    """Export in a subprocess (peak RSS and wall time recorded beside it); with `reuse`, an export already
+    made by this script is kept and its recorded stats returned."""
+    stats_file = out.with_name(out.name + ".stats.json")
+    if reuse and (out / "manifest.json").is_file() and stats_file.is_file():
+        return json.loads(stats_file.read_text())
     cmd = [
         str(Path(sys.executable).with_name("lphi-export")),
         str(ckpt),
@@ -96,6 +107,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--verify-pairs", type=int, default=4)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--reuse", action="store_true", help="keep exports this script already made")
     args = p.parse_args()
     import torch
 
@@ -112,7 +124,8 @@ def main() -> int:
     if not (ckpt / "config.json").is_file():
         write_synthetic_checkpoint(ckpt, name)
     exports = {
-        prec: run_export(ckpt, work / f"{name}-{prec}", flags, args.verify_pairs) for prec, flags in PRECISIONS.items()
+        prec: run_export(ckpt, work / f"{name}-{prec}", flags, args.verify_pairs, args.reuse)
+        for prec, flags in PRECISIONS.items()
     }
 
     torch_be = TorchBackend.from_checkpoint(ckpt)

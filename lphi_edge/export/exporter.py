@@ -4,8 +4,8 @@
 
 Steps (a progress bar over them): export the three parts (fp32) → fp16 / weight-only int8|int4 →
 tokenizer and manifest → verification against the PyTorch model → move into place. Everything is
-written in a hidden `.<out>.partial-*` directory next to `out`; a failure or a kill leaves no
-`out` that looks finished, and the next export clears stale partial directories.
+written in a hidden `.<out>.partial-*` directory next to `out` (`lphi_edge.atomic`); a failure or a
+kill leaves no `out` that looks finished, and the next export clears stale partial directories.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,11 +24,12 @@ import onnx
 from tqdm.auto import tqdm
 
 import lphi_edge
+from lphi_edge.atomic import atomic_directory
 from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.export import onnx_parts
 from lphi_edge.export.manifest import FORMAT, FORMAT_VERSION, PARTS, Manifest, file_table, sha256_file
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
-from lphi_edge.model.checkpoint import load_checkpoint, make_readable, processor_config, weight_files
+from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
 from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
 
 logger = logging.getLogger(__name__)
@@ -112,14 +112,11 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
     model_dir, out = Path(model_dir), Path(out)
     if out.exists() and not config.overwrite:
         raise ConfigError(f"{out} already exists: choose a new --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale_partials(out)
     model = load_checkpoint(model_dir)  # fp32 reference and export source
     tokenizer = Tokenizer.from_dir(model_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     for noisy in ("onnx_ir", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
+    with atomic_directory(out) as tmp:
         stages = ["vision_encoder", "embed_tokens", "decoder_model_merged", "precision", "manifest"]
         stages += ["verify"] * config.verify
         bar = tqdm(stages, desc="lphi-export", unit="stage")
@@ -143,20 +140,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
             from lphi_edge.export.tensorrt import TrtBuildConfig, build_engines
 
             build_engines(tmp, TrtBuildConfig())
-        make_readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _clear_stale_partials(out: Path) -> None:
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        logger.warning("removing %s left by an interrupted export", stale)
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _convert_precision(tmp: Path, config: ExportConfig) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from lphi_edge.atomic import atomic_directory
 from lphi_edge.errors import CheckpointError, ConfigError
 from lphi_edge.model.config import LlavaPhiConfig
 from lphi_edge.model.modeling import LlavaPhiForCausalLM, module_to_native_key, native_to_module_key
@@ -144,16 +144,6 @@ def processor_config(path: str | os.PathLike, config: LlavaPhiConfig) -> Process
     )
 
 
-def make_readable(directory: Path) -> None:
-    """mkdtemp creates 0700; give the directory and its files the usual umask-based modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, _dirs, files in os.walk(directory):
-        os.chmod(root, 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~umask)
-
-
 def save_checkpoint(model: LlavaPhiForCausalLM, out: str | os.PathLike, **options: Any) -> Path:
     """Write `model` in the native layout; `options` are those of `write_native` (tokenizer_dir,
     processor, max_shard_size, overwrite)."""
@@ -178,16 +168,13 @@ def write_native(
     out = Path(out)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists: choose a new directory or pass overwrite=True")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         state = {k: v.to("cpu").contiguous() for k, v in state.items()}
         split = split_torch_state_dict_into_shards(
             state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
         )
-        for filename, names in tqdm(
-            split.filename_to_tensors.items(), desc="saving", unit="file", disable=len(split.filename_to_tensors) < 2
-        ):
+        files = split.filename_to_tensors.items()
+        for filename, names in tqdm(files, desc="saving", unit="file", disable=len(files) < 2):
             save_file({n: state[n] for n in names}, str(tmp / filename), metadata={"format": "pt"})
         if split.is_sharded:
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
@@ -198,11 +185,4 @@ def write_native(
         if tokenizer_dir is not None:
             for f in tokenizer_files(tokenizer_dir):
                 shutil.copy2(f, tmp / f.name)
-        make_readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

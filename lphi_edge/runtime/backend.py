@@ -40,6 +40,11 @@ class ModelSpec:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"ModelSpec.{name} must be a positive integer, got {value!r}")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        """From a dict holding (at least) the fields, e.g. an export manifest's text_config."""
+        return cls(**{name: d[name] for name in cls.__dataclass_fields__})
+
 
 @runtime_checkable
 class KVCache(Protocol):

@@ -102,16 +102,7 @@ class OnnxBackend:
             self.sessions[part] = sess
         self.provider = wanted[0]
         logger.info("onnxruntime %s: %s parts on %s", ort.__version__, self.precision, self.provider)
-        t = manifest.text
-        self.spec = ModelSpec(
-            hidden_size=t["hidden_size"],
-            vocab_size=t["vocab_size"],
-            context_length=t["context_length"],
-            image_tokens=t["image_tokens"],
-            num_layers=t["num_layers"],
-            num_kv_heads=t["num_kv_heads"],
-            head_dim=t["head_dim"],
-        )
+        self.spec = ModelSpec.from_dict(manifest.text)
         dec = self.sessions["decoder_model_merged"]
         self._dtypes = {i.name: _ORT_TYPES[i.type] for s in self.sessions.values() for i in s.get_inputs()}
         self._past_names, present = decoder_io_names(self.spec.num_layers)

@@ -359,16 +359,7 @@ class TrtBackend:
         self.precision: str = info["precision"]
         self.max_context = int(info["config"]["max_context"])
         self.max_batch = int(info["config"]["max_batch"])
-        t = manifest.text
-        self.spec = ModelSpec(
-            hidden_size=t["hidden_size"],
-            vocab_size=t["vocab_size"],
-            context_length=t["context_length"],
-            image_tokens=t["image_tokens"],
-            num_layers=t["num_layers"],
-            num_kv_heads=t["num_kv_heads"],
-            head_dim=t["head_dim"],
-        )
+        self.spec = ModelSpec.from_dict(manifest.text)
         past, present = decoder_io_names(self.spec.num_layers)
         self._past, self._present = past[3:], present[1:]
         self._mem = CudaMemory()
