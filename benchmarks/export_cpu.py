@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -97,6 +98,15 @@ def measure(backends: dict, processor, runs: int, cached: int, steps: int) -> di
     return {name: {k: round(statistics.median(v), 2) for k, v in r.items()} for name, r in results.items()}
 
 
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    return m.group(1).strip() if m else platform.machine()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=2)
@@ -145,7 +155,7 @@ def main() -> int:
 
     result = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "threads": args.threads,
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
@@ -155,8 +165,8 @@ def main() -> int:
             "onnxruntime": onnxruntime.__version__,
         },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "model": f"{name}: random weights, CLIP ViT-L/14-336 (24 layers) + Phi-2 widths with {args.layers} decoder layers",
-        "decode_setting": f"{args.cached} positions cached, {args.steps} steps, median of {args.runs} interleaved rounds",
+        "model": f"{name}: random weights, CLIP ViT-L/14-336 (24 layers) + Phi-2 widths, {args.layers} decoder layers",
+        "decode_setting": f"{args.cached} positions cached, {args.steps} steps, median of {args.runs} rounds",
         "exports": exports,
         "latency": lat,
         "peak_rss_mb_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

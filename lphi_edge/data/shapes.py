@@ -61,3 +61,61 @@ def sample_frames(n: int, seed: int = 0, size: int = 224) -> list[np.ndarray]:
     """n deterministic frames (for verification and examples)."""
     rng = np.random.default_rng(seed)
     return [render(random_scene(rng, size), rng, size) for _ in range(n)]
+
+
+# ---- questions and answers ---------------------------------------------------------------------------
+QUESTION_TYPES = ("shape", "color", "count", "exists")
+
+
+@dataclass(frozen=True)
+class QA:
+    kind: str  # one of QUESTION_TYPES
+    question: str
+    answer: str
+
+
+def caption(shapes: list[Shape]) -> str:
+    """Stage-1 caption, e.g. 'a red circle and a blue square.'"""
+    parts = [f"a {s.color} {s.kind}" for s in shapes]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return body + "."
+
+
+def questions(shapes: list[Shape], rng: np.random.Generator) -> list[QA]:
+    """Every applicable question type for a scene, with hard negatives for the yes/no type."""
+    out = [QA("count", "How many shapes are there?", str(len(shapes)))]
+    if len(shapes) == 1:
+        out.append(QA("shape", "What shape is in the image?", shapes[0].kind))
+    kinds = [s.kind for s in shapes]
+    unique = [s for s in shapes if kinds.count(s.kind) == 1]
+    if unique:
+        s = unique[int(rng.integers(len(unique)))]
+        out.append(QA("color", f"What color is the {s.kind}?", s.color))
+    present = {(s.color, s.kind) for s in shapes}
+    if rng.random() < 0.5:  # a positive
+        color, kind = sorted(present)[int(rng.integers(len(present)))]
+    else:  # a negative, preferably hard: a colour or a shape that is in the frame, on another object
+        colors, kinds_here = [s.color for s in shapes], [s.kind for s in shapes]
+        candidates = [(c, k) for c in COLORS for k in SHAPES if (c, k) not in present]
+        hard = [(c, k) for c, k in candidates if c in colors or k in kinds_here]
+        pool = hard if hard and rng.random() < 0.8 else candidates
+        color, kind = pool[int(rng.integers(len(pool)))]
+    out.append(QA("exists", f"Is there a {color} {kind}?", "yes" if (color, kind) in present else "no"))
+    return out
+
+
+def answer_question(shapes: list[Shape], question: str) -> str | None:
+    """The correct answer to any of the task's questions about a scene (None if it does not apply)."""
+    import re
+
+    q = question.strip()
+    kinds = [s.kind for s in shapes]
+    if q == "How many shapes are there?":
+        return str(len(shapes))
+    if q == "What shape is in the image?":
+        return shapes[0].kind if len(shapes) == 1 else None
+    if m := re.fullmatch(r"What color is the (\w+)\?", q):
+        return next((s.color for s in shapes if s.kind == m.group(1)), None) if kinds.count(m.group(1)) == 1 else None
+    if m := re.fullmatch(r"Is there a (\w+) (\w+)\?", q):
+        return "yes" if (m.group(1), m.group(2)) in {(s.color, s.kind) for s in shapes} else "no"
+    return None
