@@ -257,3 +257,18 @@ def test_export_options_are_validated(tiny_ckpt, tmp_path, exports):
             Assistant.from_pretrained(exports["fp32"], device="cuda")
     with pytest.raises(ConfigError, match="dtype applies to the torch backend"):
         Assistant.from_pretrained(exports["fp32"], dtype="bf16")
+
+
+def test_onnxruntime_cuda_provider_matches_cpu(exports):
+    """Runs only where onnxruntime-gpu and a GPU exist (IO binding keeps the KV cache on the GPU)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu with a CUDA GPU")
+    cpu = Assistant.from_pretrained(exports["fp16"])
+    gpu = Assistant.from_pretrained(exports["fp16"], device="cuda")
+    assert gpu.backend.provider == "CUDAExecutionProvider"
+    for frame, prompt in pairs(4):
+        assert (
+            gpu.ask(frame, prompt, max_new_tokens=12).token_ids == cpu.ask(frame, prompt, max_new_tokens=12).token_ids
+        )
