@@ -63,13 +63,23 @@ class Answer:
         }
 
 
+# Models shipped inside the package, usable by name wherever a model path is accepted.
+SHIPPED_MODELS = {"shapes-demo": Path(__file__).resolve().parent / "assets" / "shapes_demo"}
+
+
 def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A checkpoint / export directory, or the name of a shipped model (`shapes-demo`)."""
+    if isinstance(model, str) and model in SHIPPED_MODELS:
+        path = SHIPPED_MODELS[model]
+        if not (path / "config.json").is_file() and not (path / "manifest.json").is_file():
+            raise CheckpointError(f"the shipped model {model!r} is missing from this install ({path})")
+        return path
     path = Path(model)
     if path.is_dir():
         return path
     raise CheckpointError(
         f"model not found: {str(model)!r} is not a directory; expected a LLaVA-Phi checkpoint directory "
-        "(config.json + safetensors + tokenizer)"
+        f"(config.json + safetensors + tokenizer), an lphi-export directory, or one of {sorted(SHIPPED_MODELS)}"
     )
 
 

@@ -26,12 +26,18 @@ class Shape:
 
 
 def random_scene(rng: np.random.Generator, size: int = 224, max_shapes: int = 3) -> list[Shape]:
-    """1..max_shapes non-overlapping shapes (bounding boxes 4 px apart)."""
+    """1..max_shapes non-overlapping shapes (bounding boxes 4 px apart). In frames too small for that
+    many, fewer are placed (placement gives up after 1000 tries)."""
     n = int(rng.integers(1, max_shapes + 1))
+    largest = min(64, size)
+    if largest < 28:
+        raise ValueError(f"frame size {size} is too small for 28-64 px shapes")
     shapes: list[Shape] = []
-    while len(shapes) < n:
-        s = int(rng.integers(28, 65))
-        x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
+    for _ in range(1000):
+        if len(shapes) == n:
+            break
+        s = int(rng.integers(28, largest + 1))
+        x, y = int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1))
         if all(x + s + 4 <= o.x or o.x + o.size + 4 <= x or y + s + 4 <= o.y or o.y + o.size + 4 <= y for o in shapes):
             shapes.append(Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), x, y, s))
     return shapes

@@ -104,10 +104,10 @@ class LlavaPhiConfig:
             raise ConfigError(f"mm_vision_select_layer {self.select_layer} is out of range for {n} vision layers")
         if self.image_aspect_ratio not in ASPECT_RATIOS:
             raise ConfigError(f"image_aspect_ratio must be one of {ASPECT_RATIOS}, got {self.image_aspect_ratio!r}")
-        rotary = self.text.rope_parameters["partial_rotary_factor"] * self.head_dim
-        if rotary != int(rotary) or int(rotary) % 2:
+        rotary = int(self.text.rope_parameters["partial_rotary_factor"] * self.head_dim)  # as Phi computes it
+        if rotary % 2:
             raise ConfigError(
-                f"partial_rotary_factor × head_dim = {rotary} must be an even integer (head_dim {self.head_dim})"
+                f"partial_rotary_factor × head_dim gives {rotary} rotary dims (head_dim {self.head_dim}): must be even"
             )
 
     @property

@@ -86,11 +86,23 @@ class LlavaPhiForCausalLM(nn.Module):
         """input_ids [B, S] → [B, S, D]."""
         return self.language_model.get_input_embeddings()(input_ids)
 
+    def embed_multimodal(
+        self, input_ids: torch.Tensor, image_mask: torch.Tensor, pixel_values: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Training-time splice: input_ids (B, T) with image slots marked in image_mask (B, T) → (B, T, D).
+
+        The image features (n_images, N, D) fill the marked positions in order (one image per sample)."""
+        embeds = self.embed_tokens(input_ids)  # (B, T, D)
+        if pixel_values is not None:
+            feats = self.encode_images(pixel_values).to(embeds.dtype)  # (n, N, D)
+            embeds = embeds.masked_scatter(image_mask[..., None].expand_as(embeds), feats)
+        return embeds
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
         cache=None,
         logits_to_keep: int = 0,
         labels: torch.Tensor | None = None,

@@ -93,6 +93,11 @@ class Tokenizer:
         """Text → ids, no BOS/EOS added (special tokens written in the text are recognised)."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and the (start, end) character span of each token in `text` (no special tokens added)."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, [tuple(o) for o in enc.offsets]
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
         if self.clean_up_spaces:

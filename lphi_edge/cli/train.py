@@ -1,0 +1,73 @@
+"""lphi-train: one stage of the LLaVA-Phi recipe (pretrain | finetune | sft).
+
+    lphi-train STAGE --config train/configs/STAGE.yaml [--model CKPT] [--data JSON] [--out DIR]
+               [--set key=value ...]
+
+Rerunning the same command resumes from the newest checkpoint in OUT/checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lphi_edge.cli._common import run, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lphi-train", description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=["pretrain", "finetune", "sft"])
+    p.add_argument("--config", help="YAML of TrainConfig fields")
+    p.add_argument("--model", help="starting checkpoint")
+    p.add_argument("--data", help="LLaVA JSON")
+    p.add_argument("--image-folder")
+    p.add_argument("--out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def _main() -> int:
+        from lphi_edge.train.config import TrainConfig
+        from lphi_edge.train.trainer import train
+
+        config = TrainConfig.load(
+            args.config,
+            args.set,
+            stage=args.stage,
+            model=args.model,
+            data=args.data,
+            image_folder=args.image_folder,
+            out=args.out,
+        )
+        print(f"wrote {train(config)}")
+        return 0
+
+    return run("lphi-train", _main)
+
+
+def make_shapes(argv: list[str] | None = None) -> int:
+    """lphi-make-shapes --out DIR --n N --seed S: the shapes task as LLaVA JSON + images."""
+    p = argparse.ArgumentParser(prog="lphi-make-shapes", description=make_shapes.__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True, help="frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=224)
+    args = p.parse_args(argv)
+    setup_logging(False)
+
+    def _main() -> int:
+        from pathlib import Path
+
+        from lphi_edge.data.make_shapes import write_shapes_dataset
+        from lphi_edge.errors import ConfigError
+
+        if args.n < 1:
+            raise ConfigError(f"--n must be ≥ 1, got {args.n}")
+        print(f"wrote {write_shapes_dataset(Path(args.out), args.n, args.seed, args.size)}")
+        return 0
+
+    return run("lphi-make-shapes", _main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks and the accuracy cost of exported engines."""

@@ -1,0 +1,74 @@
+"""Accuracy on the shapes camera task, per question type, on freshly generated frames.
+
+python -m lphi_edge.eval.shapes --model shapes-demo --n 400 --seed 12345 [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lphi_edge.assistant import Assistant
+from lphi_edge.data.shapes import QUESTION_TYPES, questions, random_scene, render
+
+logger = logging.getLogger(__name__)
+
+
+def normalise(text: str) -> str:
+    return text.strip().lower().rstrip(".").strip()
+
+
+def evaluate_shapes(assistant: Assistant, n: int = 400, seed: int = 12345, max_new_tokens: int = 8) -> dict[str, Any]:
+    """Ask every applicable question about n new frames; accuracy overall and per question type."""
+    rng = np.random.default_rng(seed)
+    right: dict[str, int] = defaultdict(int)
+    asked: dict[str, int] = defaultdict(int)
+    examples = []
+    for _ in tqdm(range(n), desc="shapes eval", unit="frame"):
+        scene = random_scene(rng)
+        frame = render(scene, rng)
+        for qa in questions(scene, rng):
+            got = normalise(assistant.ask(frame, qa.question, max_new_tokens=max_new_tokens).text)
+            asked[qa.kind] += 1
+            right[qa.kind] += got == qa.answer
+            if got != qa.answer and len(examples) < 20:
+                examples.append({"question": qa.question, "expected": qa.answer, "got": got})
+    per_type = {k: right[k] / asked[k] for k in QUESTION_TYPES if asked[k]}
+    return {
+        "frames": n,
+        "seed": seed,
+        "questions": sum(asked.values()),
+        "accuracy": sum(right.values()) / max(sum(asked.values()), 1),
+        "per_type": per_type,
+        "counts": dict(asked),
+        "wrong_examples": examples,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lphi_edge.eval.shapes", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--json", help="write the result here too")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = evaluate_shapes(Assistant.from_pretrained(args.model, backend=args.backend), args.n, args.seed)
+    result["model"] = args.model
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

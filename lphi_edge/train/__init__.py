@@ -1,0 +1,1 @@
+"""Training: the two-stage LLaVA-Phi recipe (`lphi-train`)."""

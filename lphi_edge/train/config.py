@@ -1,0 +1,128 @@
+"""Typed training configuration: YAML file + `--set key=value` overrides, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lphi_edge.errors import ConfigError
+
+STAGES = ("pretrain", "finetune", "sft")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage.
+
+    Attributes:
+        stage: pretrain (projector only, "plain" data) | finetune (projector + LM, phi_v0 conversations) |
+            sft (text-only LM SFT on ShareGPT/Vicuna-style conversations).
+        model: checkpoint directory to start from (native layout).
+        data: LLaVA JSON file.
+        image_folder: where record["image"] paths are resolved (default: beside the JSON).
+        out: output directory: final native checkpoint, checkpoints/, metrics.jsonl, loss.png.
+        lr / weight_decay / betas / eps: AdamW (paper: β=(0.9, 0.98), ε=1e-7, wd 0.1).
+        schedule: cosine | linear decay after `warmup_ratio` of the steps.
+        global_batch / micro_batch: samples per optimizer step / per forward; accumulation fills the gap.
+        epochs / max_steps: length (max_steps > 0 overrides epochs).
+        max_length: positions per sample (text + image tokens); longer samples are bad samples.
+        bf16: autocast bf16 compute. gradient_checkpointing: recompute activations in backward.
+        unfreeze_vision: finetune the vision tower too (stage 2 option).
+        save_every: optimizer steps between resumable checkpoints (0: only at the end).
+        on_bad_sample: error (stop naming the record) | skip (count and report).
+        seed / log_every / threads: reproducibility, logging period, torch CPU threads (0: default).
+    """
+
+    stage: str
+    model: str
+    data: str
+    out: str
+    image_folder: str | None = None
+    lr: float = 2e-5
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-7
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.03
+    global_batch: int = 256
+    micro_batch: int = 4
+    epochs: float = 1.0
+    max_steps: int = 0
+    max_length: int = 2048
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    unfreeze_vision: bool = False
+    save_every: int = 500
+    on_bad_sample: str = "error"
+    seed: int = 0
+    log_every: int = 10
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
+        for name in ("lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"TrainConfig.weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"TrainConfig.betas must be two values in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"TrainConfig.schedule must be cosine or linear, got {self.schedule!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        for name in ("global_batch", "micro_batch", "max_length", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be an integer ≥ 1, got {getattr(self, name)!r}")
+        if self.global_batch % self.micro_batch:
+            raise ConfigError(
+                f"TrainConfig.global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})"
+            )
+        if self.max_steps < 0 or self.save_every < 0 or self.threads < 0:
+            raise ConfigError("TrainConfig.max_steps, save_every and threads must be ≥ 0")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise ConfigError(f"TrainConfig.epochs must be > 0 (or set max_steps), got {self.epochs!r}")
+        if self.on_bad_sample not in ("error", "skip"):
+            raise ConfigError(f"TrainConfig.on_bad_sample must be error or skip, got {self.on_bad_sample!r}")
+
+    @property
+    def template(self) -> str:
+        return "plain" if self.stage == "pretrain" else "phi_v0"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
+        """YAML file (if any), then keyword fields, then `key=value` overrides (values parsed as YAML)."""
+        import yaml
+
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError) as e:
+                raise ConfigError(f"cannot read training config {path}: {e}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
+            data.update(loaded)
+        data.update({k: v for k, v in fields.items() if v is not None})
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r} must be key=value")
+            data[key.strip()] = yaml.safe_load(value)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s) {unknown}: expected some of {sorted(known)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise ConfigError(f"TrainConfig is missing required field(s) {missing}")
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"invalid TrainConfig: {e}") from None

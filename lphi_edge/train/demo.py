@@ -1,0 +1,97 @@
+"""The shapes-demo model's starting point: a tiny LLaVA-Phi-architecture model with a tokenizer trained
+on the task's text. Trained afterwards with `lphi-train` (see train/shapes_demo.sh).
+
+    python -m lphi_edge.train.demo OUT_DIR [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from lphi_edge.data.shapes import caption, questions, random_scene
+from lphi_edge.model.checkpoint import save_checkpoint
+from lphi_edge.model.modeling import LlavaPhiForCausalLM
+from lphi_edge.model.tiny import TinySpec, tiny_config, train_tokenizer
+from lphi_edge.processing.image import ProcessorConfig
+from lphi_edge.processing.template import PHI_SYSTEM
+from lphi_edge.processing.tokenizer import EOS_TEXT
+
+logger = logging.getLogger(__name__)
+
+# CLIP 128 × 4 layers at 112 px (8 × 8 = 64 image tokens); Phi 128 × 3 layers, head dim 32.
+DEMO_SPEC = TinySpec(
+    vocab_target=320,
+    text_hidden=128,
+    text_layers=3,
+    text_heads=4,
+    context_length=512,
+    vision_hidden=128,
+    vision_layers=4,
+    vision_heads=4,
+    image_size=112,
+    patch_size=14,
+    init_range=0.02,
+    lm_head_bias_std=0.0,
+)
+
+
+def task_corpus(n: int = 2000, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    texts = [PHI_SYSTEM, "USER: ASSISTANT:"]
+    for _ in range(n):
+        scene = random_scene(rng)
+        texts.append(caption(scene))
+        texts += [f"USER: {qa.question} ASSISTANT: {qa.answer}" for qa in questions(scene, rng)]
+    return texts
+
+
+def write_demo_init(out: Path, seed: int = 0) -> Path:
+    spec = DEMO_SPEC
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = train_tokenizer(spec.vocab_target, task_corpus())
+        tok.save(str(Path(tmp) / "tokenizer.json"))
+        (Path(tmp) / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "eos_token": EOS_TEXT,
+                    "pad_token": EOS_TEXT,
+                    "model_max_length": spec.context_length,
+                    "clean_up_tokenization_spaces": False,
+                },
+                indent=2,
+            )
+        )
+        eos = Tokenizer.from_file(str(Path(tmp) / "tokenizer.json")).token_to_id(EOS_TEXT)
+        rows = -(-tok.get_vocab_size() // 64) * 64
+        config = tiny_config(spec, rows, eos)
+        torch.manual_seed(seed)
+        model = LlavaPhiForCausalLM(config).eval()  # transformers' own initialisation (std 0.02)
+        with torch.no_grad():
+            model.language_model.lm_head.bias.zero_()
+        processor = ProcessorConfig(
+            shortest_edge=spec.image_size, crop_height=spec.image_size, crop_width=spec.image_size, pad_to_square=True
+        )
+        return save_checkpoint(model, out, tokenizer_dir=tmp, processor=processor, overwrite=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lphi_edge.train.demo", description="shapes-demo starting checkpoint")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.info("wrote %s", write_demo_init(Path(args.out), args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

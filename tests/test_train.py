@@ -1,0 +1,304 @@
+"""lphi-train: label masks, what each stage trains, resume after SIGKILL, bad data, configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lphi_edge.data.make_shapes import write_shapes_dataset
+from lphi_edge.errors import ConfigError
+from lphi_edge.processing.template import get_template
+from lphi_edge.processing.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
+from lphi_edge.train.config import TrainConfig
+from lphi_edge.train.data import IGNORE_INDEX, BadSampleError, render_conversation, tokenize_with_labels
+from lphi_edge.train.trainer import train
+
+EXE = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n=24, seed=3, size=96)
+
+
+def labelled(tok: Tokenizer, template: str, conv: list[dict]) -> tuple[list[int], list[int], str]:
+    text, spans = render_conversation(get_template(template), conv)
+    ids, labels = tokenize_with_labels(tok, text, spans)
+    return ids, labels, text
+
+
+def test_labels_cover_exactly_the_answers_and_their_eos(tiny_ckpt):
+    tok = Tokenizer.from_dir(tiny_ckpt)
+    conv = [
+        {"from": "human", "value": "<image>\nWhat shape is in the image?"},
+        {"from": "gpt", "value": "circle"},
+        {"from": "human", "value": "How many shapes are there?"},
+        {"from": "gpt", "value": "2"},
+    ]
+    ids, labels, text = labelled(tok, "phi_v0", conv)
+    assert text == get_template("phi_v0").prompt(
+        [("What shape is in the image?", "circle"), ("How many shapes are there?", "2")]
+    )
+    assert ids == tok.encode_prompt(text)  # tokenized exactly as at inference
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1 and labels[ids.index(IMAGE_TOKEN_INDEX)] == IGNORE_INDEX
+    kept = [t for t in labels if t != IGNORE_INDEX]
+    assert tok.decode(kept, skip_special_tokens=False) == " circle<|endoftext|> 2<|endoftext|>"
+    assert kept.count(tok.eos_token_id) == 2
+
+
+def test_plain_labels_are_the_caption(tiny_ckpt):
+    tok = Tokenizer.from_dir(tiny_ckpt)
+    ids, labels, text = labelled(
+        tok, "plain", [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a red circle."}]
+    )
+    assert text == "<image>a red circle.\n" and ids[0] == IMAGE_TOKEN_INDEX
+    assert tok.decode([t for t in labels if t != IGNORE_INDEX], skip_special_tokens=False) == "a red circle.\n"
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next(path.glob("*.safetensors")) if path.is_dir() else path))
+
+
+def _changed(before: dict, after: dict, prefix: str) -> bool:
+    keys = [k for k in before if k.startswith(prefix)]
+    assert keys
+    return any(not torch.equal(before[k], after[k]) for k in keys)
+
+
+def _config(tiny_ckpt, shapes, out, stage="pretrain", **kw) -> TrainConfig:
+    data = shapes / ("pretrain.json" if stage == "pretrain" else "finetune.json")
+    base = dict(
+        stage=stage,
+        model=str(tiny_ckpt),
+        data=str(data),
+        out=str(out),
+        lr=1e-3,
+        global_batch=4,
+        micro_batch=2,
+        max_steps=2,
+        save_every=0,
+        max_length=256,
+        weight_decay=0.0,
+        log_every=1,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "stage, unfreeze, changes, frozen",
+    [
+        ("pretrain", False, ["model.mm_projector."], ["model.vision_tower.", "model.layers.", "lm_head."]),
+        ("finetune", False, ["model.mm_projector.", "model.layers.", "lm_head."], ["model.vision_tower."]),
+        ("finetune", True, ["model.mm_projector.", "model.layers.", "model.vision_tower."], []),
+    ],
+)
+def test_each_stage_trains_only_its_parts(tiny_ckpt, shapes, tmp_path, stage, unfreeze, changes, frozen):
+    out = train(_config(tiny_ckpt, shapes, tmp_path / "o", stage=stage, unfreeze_vision=unfreeze))
+    before, after = _state(tiny_ckpt), _state(out)
+    for prefix in changes:
+        assert _changed(before, after, prefix), prefix
+    for prefix in frozen:
+        assert not _changed(before, after, prefix), prefix
+    recs = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and all(r["loss"] > 0 and r["samples_per_s"] > 0 for r in recs)
+    assert (tmp_path / "o" / "loss.png").stat().st_size > 1000
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_ckpt, shapes, tmp_path):
+    common = [
+        "finetune",
+        "--model",
+        str(tiny_ckpt),
+        "--data",
+        str(shapes / "finetune.json"),
+        "--set",
+        "lr=0.001",
+        "--set",
+        "global_batch=4",
+        "--set",
+        "micro_batch=2",
+        "--set",
+        "max_steps=8",
+        "--set",
+        "save_every=2",
+        "--set",
+        "max_length=256",
+        "--set",
+        "threads=1",
+    ]
+    ref = tmp_path / "ref"
+    subprocess.run([str(EXE / "lphi-train"), *common, "--out", str(ref)], check=True, capture_output=True)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(EXE / "lphi-train"), *common, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run / "checkpoints").glob("step-0000000[4-6]")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model").exists() and list((run / "checkpoints").glob("step-*"))
+    subprocess.run([str(EXE / "lphi-train"), *common, "--out", str(run)], check=True, capture_output=True)
+    a, b = _state(ref / "model"), _state(run / "model")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # no duplicated records after the resume
+
+
+def _bad_data(shapes: Path, tmp_path: Path, record: dict) -> Path:
+    records = json.loads((shapes / "finetune.json").read_text())[:6]
+    records.insert(2, record)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+BAD = {
+    "missing image": (
+        {
+            "id": "x1",
+            "image": "images/nope.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nHow many shapes are there?"},
+                {"from": "gpt", "value": "1"},
+            ],
+        },
+        "image file not found",
+    ),
+    "image token missing": (
+        {
+            "id": "x2",
+            "image": "images/000000.png",
+            "conversations": [{"from": "human", "value": "How many shapes are there?"}, {"from": "gpt", "value": "1"}],
+        },
+        "0 image placeholder",
+    ),
+    "image token doubled": (
+        {
+            "id": "x3",
+            "image": "images/000000.png",
+            "conversations": [{"from": "human", "value": "<image>\n<image>\nHow many?"}, {"from": "gpt", "value": "1"}],
+        },
+        "2 image placeholder",
+    ),
+    "too long": (
+        {
+            "id": "x4",
+            "image": "images/000000.png",
+            "conversations": [{"from": "human", "value": "<image>\n" + "word " * 400}, {"from": "gpt", "value": "1"}],
+        },
+        "> max_length",
+    ),
+    "malformed": ({"id": "x5", "conversations": [{"from": "gpt", "value": "hi"}]}, "malformed conversation"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_samples_error_naming_the_record_or_are_skipped(tiny_ckpt, shapes, tmp_path, case):
+    record, fragment = BAD[case]
+    data = _bad_data(shapes, tmp_path, record)
+    cfg = _config(
+        tiny_ckpt,
+        shapes,
+        tmp_path / "e",
+        stage="finetune",
+        data=str(data),
+        image_folder=str(shapes),
+        max_steps=1,
+        global_batch=7,
+        micro_batch=7,
+    )
+    with pytest.raises(BadSampleError, match=rf"bad.json record 2 \(id '{record['id']}'\).*{fragment}"):
+        train(cfg)
+    out = train(
+        _config(
+            tiny_ckpt,
+            shapes,
+            tmp_path / "s",
+            stage="finetune",
+            data=str(data),
+            image_folder=str(shapes),
+            max_steps=1,
+            global_batch=6,
+            micro_batch=6,
+            on_bad_sample="skip",
+        )
+    )
+    assert out.is_dir()
+    skipped = (tmp_path / "s" / "skipped_samples.txt").read_text().splitlines()
+    assert len(skipped) == 1 and record["id"] in skipped[0]
+
+
+def test_dataset_smaller_than_a_micro_batch_is_refused(tiny_ckpt, shapes, tmp_path):
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(json.loads((shapes / "finetune.json").read_text())[:3]))
+    with pytest.raises(ConfigError, match="3 records, fewer than micro_batch 4"):
+        train(
+            _config(
+                tiny_ckpt,
+                shapes,
+                tmp_path / "o",
+                stage="finetune",
+                data=str(small),
+                image_folder=str(shapes),
+                global_batch=4,
+                micro_batch=4,
+            )
+        )
+
+
+def test_malformed_json_file_is_named(tiny_ckpt, shapes, tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('[{"id": 1,')
+    with pytest.raises(BadSampleError, match="broken.json"):
+        train(_config(tiny_ckpt, shapes, tmp_path / "o", stage="finetune", data=str(bad)))
+
+
+def test_config_validation_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="stage"):
+        TrainConfig(stage="rlhf", model="m", data="d", out="o")
+    with pytest.raises(ConfigError, match="global_batch"):
+        TrainConfig(stage="pretrain", model="m", data="d", out="o", global_batch=10, micro_batch=4)
+    with pytest.raises(ConfigError, match="on_bad_sample"):
+        TrainConfig(stage="pretrain", model="m", data="d", out="o", on_bad_sample="ignore")
+    yml = tmp_path / "c.yaml"
+    yml.write_text("lr: 1.0e-3\nbetas: [0.9, 0.95]\n")
+    cfg = TrainConfig.load(yml, ["micro_batch=8", "bf16=true"], stage="pretrain", model="m", data="d", out="o")
+    assert cfg.lr == 1e-3 and cfg.betas == (0.9, 0.95) and cfg.micro_batch == 8 and cfg.bf16 is True
+    with pytest.raises(ConfigError, match="unknown TrainConfig field"):
+        TrainConfig.load(yml, ["learning_rate=1"], stage="pretrain", model="m", data="d", out="o")
+
+
+def test_paper_defaults_in_the_recipes():
+    root = Path(__file__).resolve().parents[1] / "train" / "configs"
+    pre = TrainConfig.load(root / "pretrain.yaml", stage="pretrain", model="m", data="d", out="o")
+    fin = TrainConfig.load(root / "finetune.yaml", stage="finetune", model="m", data="d", out="o")
+    sft = TrainConfig.load(root / "sft.yaml", stage="sft", model="m", data="d", out="o")
+    assert (pre.lr, pre.global_batch, pre.epochs) == (1e-3, 256, 1)
+    assert (fin.lr, fin.global_batch, fin.epochs) == (2e-5, 256, 1)
+    assert (sft.lr, sft.epochs, sft.schedule) == (3e-5, 2, "linear")
+    for c in (pre, fin, sft):
+        assert c.betas == (0.9, 0.98) and c.eps == 1e-7 and c.bf16 and c.gradient_checkpointing
+        assert c.max_length == 2048
+    assert fin.weight_decay == 0.1
+
+
+def test_make_shapes_writes_llava_json(shapes):
+    pre = json.loads((shapes / "pretrain.json").read_text())
+    fin = json.loads((shapes / "finetune.json").read_text())
+    assert len(pre) == 24 and all(r["conversations"][0]["value"] == "<image>" for r in pre)
+    asked = {t["value"].removeprefix("<image>\n") for r in fin for t in r["conversations"] if t["from"] == "human"}
+    for kind in ("How many shapes are there?", "What shape is in the image?", "What color is the", "Is there a"):
+        assert any(q.startswith(kind) for q in asked), kind
+    assert any(len(r["conversations"]) > 2 for r in fin)  # multi-turn records too
+    assert all((shapes / r["image"]).is_file() for r in pre)
+    assert len((shapes / "scenes.jsonl").read_text().splitlines()) == 24

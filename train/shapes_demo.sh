@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Reproduces lphi_edge/assets/shapes_demo/ on a CPU (2 threads): data, init, stage 1, stage 2, evaluation.
+# Rerunning resumes an interrupted stage from its last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${WORK:-.cache/shapes-demo}
+BIN=.venv/bin
+mkdir -p "$W"
+[ -f "$W/data/finetune.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 16000 --seed 1
+[ -f "$W/init/config.json" ] || $BIN/python -m lphi_edge.train.demo "$W/init" --seed 0
+[ -f "$W/stage1/model/config.json" ] || $BIN/lphi-train pretrain --config train/configs/shapes_pretrain.yaml \
+    --model "$W/init" --data "$W/data/pretrain.json" --out "$W/stage1"
+[ -f "$W/stage2/model/config.json" ] || $BIN/lphi-train finetune --config train/configs/shapes_finetune.yaml \
+    --model "$W/stage1/model" --data "$W/data/finetune.json" --out "$W/stage2"
