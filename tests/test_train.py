@@ -112,9 +112,27 @@ def test_each_stage_trains_only_its_parts(tiny_ckpt, shapes, tmp_path, stage, un
     assert (tmp_path / "o" / "loss.png").stat().st_size > 1000
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_ckpt, shapes, tmp_path):
+def test_lora_finetune_merges_into_a_plain_checkpoint(tiny_ckpt, shapes, tmp_path):
+    out = train(_config(tiny_ckpt, shapes, tmp_path / "o", stage="finetune", lora=True, lora_r=4))
+    before, after = _state(tiny_ckpt), _state(out)
+    assert set(before) == set(after)  # no adapter tensors left: the native layout
+    assert _changed(before, after, "model.layers.0.self_attn.q_proj.weight")  # merged adapter update
+    assert _changed(before, after, "model.mm_projector.")
+    assert not _changed(before, after, "model.vision_tower.")
+    assert not _changed(before, after, "model.embed_tokens.")  # not a LoRA target
+    from lphi_edge import Assistant
+
+    assert len(Assistant.from_pretrained(out).ask(None, "hello", max_new_tokens=3).token_ids) > 0
+    with pytest.raises(ConfigError, match="lora applies to finetune and sft"):
+        TrainConfig(stage="pretrain", model="m", data="d", out="o", lora=True)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_killed_run_resumes_to_the_same_weights(tiny_ckpt, shapes, tmp_path, lora):
     common = [
         "finetune",
+        "--set",
+        f"lora={str(lora).lower()}",
         "--model",
         str(tiny_ckpt),
         "--data",

@@ -33,6 +33,9 @@ class TrainConfig:
         save_every: optimizer steps between resumable checkpoints (0: only at the end).
         on_bad_sample: error (stop naming the record) | skip (count and report).
         seed / log_every / threads: reproducibility, logging period, torch CPU threads (0: default).
+        lora: train LoRA adapters on the LM's linear layers instead of its weights (finetune / sft); the
+            adapters are merged back, so the output is a plain native checkpoint.
+        lora_r / lora_alpha / lora_dropout / lora_targets: the adapters' rank, scale, dropout and modules.
     """
 
     stage: str
@@ -59,6 +62,11 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     threads: int = 0
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -86,6 +94,14 @@ class TrainConfig:
             raise ConfigError("TrainConfig.max_steps, save_every and threads must be ≥ 0")
         if self.max_steps == 0 and not self.epochs > 0:
             raise ConfigError(f"TrainConfig.epochs must be > 0 (or set max_steps), got {self.epochs!r}")
+        if self.lora and self.stage == "pretrain":
+            raise ConfigError("TrainConfig.lora applies to finetune and sft (stage 1 trains only the projector)")
+        if self.lora and (self.lora_r < 1 or self.lora_alpha < 1 or not 0 <= self.lora_dropout < 1):
+            raise ConfigError(
+                f"TrainConfig.lora_r / lora_alpha must be ≥ 1 and lora_dropout in [0, 1), got "
+                f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}"
+            )
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.on_bad_sample not in ("error", "skip"):
             raise ConfigError(f"TrainConfig.on_bad_sample must be error or skip, got {self.on_bad_sample!r}")
 

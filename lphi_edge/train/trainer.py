@@ -46,6 +46,24 @@ def set_trainable(model: LlavaPhiForCausalLM, config: TrainConfig) -> list[str]:
     return trainable
 
 
+def add_lora(model: LlavaPhiForCausalLM, config: TrainConfig) -> None:
+    """Wrap the LM with peft LoRA adapters (its base weights frozen; other trainable parts unchanged)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("lora=true needs peft: pip install 'lphi-edge[train]'") from None
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_targets),
+        bias="none",
+    )
+    model.language_model = get_peft_model(model.language_model, lora)
+    n = sum(p.numel() for p in model.language_model.parameters() if p.requires_grad)
+    logger.info("LoRA r=%d on %s: %d trainable LM parameters", config.lora_r, config.lora_targets, n)
+
+
 class Batches:
     """A seeded permutation per epoch, resumable at any micro-batch; bad samples raise or are skipped."""
 
@@ -80,6 +98,9 @@ def train(config: TrainConfig) -> Path:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
     ckpt_dir = out / "checkpoints"
+    torch.manual_seed(config.seed)  # before anything random (LoRA init, dropout); a resume restores its own state
+    random.seed(config.seed)
+    np.random.seed(config.seed)
     model = load_checkpoint(config.model)
     tokenizer = Tokenizer.from_dir(config.model)
     proc_cfg = processor_config(config.model, model.config)
@@ -95,6 +116,8 @@ def train(config: TrainConfig) -> Path:
     if len(dataset) < config.micro_batch:
         raise ConfigError(f"{config.data} has {len(dataset)} records, fewer than micro_batch {config.micro_batch}")
     trainable = set_trainable(model, config)
+    if config.lora:
+        add_lora(model, config)
     if config.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -114,11 +137,7 @@ def train(config: TrainConfig) -> Path:
     make = get_cosine_schedule_with_warmup if config.schedule == "cosine" else get_linear_schedule_with_warmup
     scheduler = make(optimizer, int(config.warmup_ratio * total), total)
     state = {"step": 0, "epoch": 0, "position": 0}
-    resumed = _resume(ckpt_dir, model, optimizer, scheduler, state)
-    if not resumed:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+    _resume(ckpt_dir, model, optimizer, scheduler, state)  # restores the RNG states too
     logger.info(
         "stage %s: training %s, %d steps of %d samples (%d × %d accumulated), %d records",
         config.stage,
@@ -189,6 +208,8 @@ def train(config: TrainConfig) -> Path:
     bar.close()
     metrics.close()
     model.eval()
+    if config.lora:  # fold the adapters into the weights: a plain native checkpoint
+        model.language_model = model.language_model.merge_and_unload()
     final = save_checkpoint(model, out / "model", tokenizer_dir=config.model, processor=proc_cfg, overwrite=True)
     (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     if batches.skipped:
