@@ -20,13 +20,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# For now: a tiny random-weight LLaVA-Phi checkpoint answers about the shipped sample frame.
-# (Issue 4 replaces this with the trained shapes-demo model; its answers are noise until then.)
+# The shipped shapes-demo model (lphi_edge/assets/shapes_demo, trained by train/shapes_demo.sh)
+# answers questions about the shipped sample frame (a red circle and a blue square).
 demo: $(STAMP)
-	$(PY) -m lphi_edge.model.tiny .cache/tiny-llava-phi
-	$(VENV)/bin/lphi-ask --model .cache/tiny-llava-phi \
-	    --image lphi_edge/assets/sample_frame.png \
-	    --prompt "What shape is in the image?" --max-new-tokens 12
+	$(VENV)/bin/lphi-ask --model shapes-demo --image lphi_edge/assets/sample_frame.png \
+	    --prompt "How many shapes are there?" --max-new-tokens 8
+	$(VENV)/bin/lphi-ask --model shapes-demo --image lphi_edge/assets/sample_frame.png \
+	    --prompt "What color is the circle?" --max-new-tokens 8
+	$(VENV)/bin/lphi-ask --model shapes-demo --image lphi_edge/assets/sample_frame.png \
+	    --prompt "Is there a blue square?" --max-new-tokens 8
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
