@@ -105,8 +105,7 @@ class OnnxBackend:
         self.spec = ModelSpec.from_dict(manifest.text)
         dec = self.sessions["decoder_model_merged"]
         self._dtypes = {i.name: _ORT_TYPES[i.type] for s in self.sessions.values() for i in s.get_inputs()}
-        self._past_names, present = decoder_io_names(self.spec.num_layers)
-        self._past_names = self._past_names[3:]
+        self._past_names = decoder_io_names(self.spec.num_layers)[0][3:]  # past_key_values.{i}.key|value
         self._out_names = [o.name for o in dec.get_outputs()]
         self._kv_dtype = self._dtypes[self._past_names[0]]
         self._cuda = self.provider != "CPUExecutionProvider"

@@ -7,10 +7,12 @@ the optimizer and scheduler states, the RNG states and the data position, all as
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -259,8 +261,6 @@ def _save_state(ckpt_dir: Path, model, optimizer, scheduler, state: dict) -> Non
         )
         (tmp / "trainer_state.json").write_text(json.dumps(meta))
     for old in sorted(ckpt_dir.glob("step-*"))[:-2]:  # keep the newest two
-        import shutil
-
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -285,8 +285,6 @@ def _resume(ckpt_dir: Path, model, optimizer, scheduler, state: dict) -> bool:
     scheduler.load_state_dict(meta["scheduler"])
     state.update(meta["trainer"])
     torch.set_rng_state(tensors["rng.torch"])
-    import ast
-
     random.setstate(ast.literal_eval(meta["rng"]["python"]))
     np_state = meta["rng"]["numpy"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
