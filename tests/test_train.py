@@ -258,7 +258,7 @@ def test_bad_samples_error_naming_the_record_or_are_skipped(tiny_ckpt, shapes, t
 def test_dataset_smaller_than_a_micro_batch_is_refused(tiny_ckpt, shapes, tmp_path):
     small = tmp_path / "small.json"
     small.write_text(json.dumps(json.loads((shapes / "finetune.json").read_text())[:3]))
-    with pytest.raises(ConfigError, match="3 records, fewer than micro_batch 4"):
+    with pytest.raises(ConfigError, match="3 records, fewer than one micro-batch per process \\(4\\)"):
         train(
             _config(
                 tiny_ckpt,
@@ -319,3 +319,14 @@ def test_make_shapes_writes_llava_json(shapes):
     assert any(len(r["conversations"]) > 2 for r in fin)  # multi-turn records too
     assert all((shapes / r["image"]).is_file() for r in pre)
     assert len((shapes / "scenes.jsonl").read_text().splitlines()) == 24
+
+
+def test_qlora_is_refused_clearly_where_it_cannot_run(tiny_ckpt, shapes, tmp_path):
+    with pytest.raises(ConfigError, match="qlora trains LoRA adapters over a 4-bit LM: it needs lora=true"):
+        TrainConfig(stage="finetune", model="m", data="d", out="o", qlora=True)
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the CPU refusal does not apply")
+    cfg = _config(tiny_ckpt, shapes, tmp_path / "o", stage="finetune", lora=True, qlora=True, device="cpu")
+    with pytest.raises(ConfigError, match="qlora needs a CUDA device"):
+        train(cfg)
+    assert not (tmp_path / "o" / "model").exists()

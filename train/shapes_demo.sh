@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 W=${WORK:-.cache/shapes-demo}
 BIN=.venv/bin
 mkdir -p "$W"
-[ -f "$W/data/finetune.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 16000 --seed 1
+[ -f "$W/data/finetune.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 30000 --seed 1 --multi-turn 0.6
 [ -f "$W/init/config.json" ] || $BIN/python -m lphi_edge.train.demo "$W/init" --seed 0
 [ -f "$W/stage1/model/config.json" ] || $BIN/lphi-train pretrain --config train/configs/shapes_pretrain.yaml \
     --model "$W/init" --data "$W/data/pretrain.json" --out "$W/stage1"

@@ -52,6 +52,7 @@ def make_shapes(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, required=True, help="frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--multi-turn", type=float, default=0.5, help="share of frames given one multi-turn conversation")
     args = p.parse_args(argv)
     setup_logging(False)
 
@@ -63,7 +64,9 @@ def make_shapes(argv: list[str] | None = None) -> int:
 
         if args.n < 1:
             raise ConfigError(f"--n must be ≥ 1, got {args.n}")
-        print(f"wrote {write_shapes_dataset(Path(args.out), args.n, args.seed, args.size)}")
+        if not 0.0 <= args.multi_turn <= 1.0:
+            raise ConfigError(f"--multi-turn must be a probability in [0, 1], got {args.multi_turn}")
+        print(f"wrote {write_shapes_dataset(Path(args.out), args.n, args.seed, args.size, args.multi_turn)}")
         return 0
 
     return run("lphi-make-shapes", _main)

@@ -17,12 +17,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lphi_edge.atomic import atomic_directory
-from lphi_edge.data.shapes import caption, questions, random_scene, render
+from lphi_edge.data.shapes import DESCRIBE, QA, caption, questions, random_scene, render
 
 
 def write_shapes_dataset(out: Path, n: int, seed: int, size: int = 224, multi_turn: float = 0.5) -> Path:
-    """n frames; each gets a caption record and one conversation (multi-turn with probability `multi_turn`,
-    otherwise one record per question)."""
+    """n frames; each gets a caption record and one conversation: with probability `multi_turn` a multi-turn
+    one holding every question and a DESCRIBE turn (the caption, which names every object: a dense signal
+    for a vision tower trained in stage 2) in random order, otherwise one single-turn record per question."""
+    if not 0.0 <= multi_turn <= 1.0:
+        raise ValueError(f"multi_turn must be a probability in [0, 1], got {multi_turn}")
     rng = np.random.default_rng(seed)
     pretrain, finetune = [], []
     with atomic_directory(out) as tmp:
@@ -46,6 +49,7 @@ def write_shapes_dataset(out: Path, n: int, seed: int, size: int = 224, multi_tu
                 qas = questions(scene, rng)
                 rng.shuffle(qas)
                 if rng.random() < multi_turn:
+                    qas.insert(int(rng.integers(len(qas) + 1)), QA("describe", DESCRIBE, caption(scene)))
                     turns = []
                     for k, qa in enumerate(qas):
                         q = f"<image>\n{qa.question}" if k == 0 else qa.question

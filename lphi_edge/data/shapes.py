@@ -75,14 +75,19 @@ QUESTION_TYPES = ("shape", "color", "count", "exists")
 
 @dataclass(frozen=True)
 class QA:
-    kind: str  # one of QUESTION_TYPES
+    kind: str  # one of QUESTION_TYPES, or "describe" (training conversations only)
     question: str
     answer: str
 
 
+DESCRIBE = "Describe the image briefly."
+
+
 def caption(shapes: list[Shape]) -> str:
-    """Stage-1 caption, e.g. 'a red circle and a blue square.'"""
-    parts = [f"a {s.color} {s.kind}" for s in shapes]
+    """Caption listing the shapes left to right (by centre), e.g. 'a red circle and a blue square.' Used as
+    the stage-1 caption and as the answer to DESCRIBE in stage 2."""
+    ordered = sorted(shapes, key=lambda s: (2 * s.x + s.size, 2 * s.y + s.size))
+    parts = [f"a {s.color} {s.kind}" for s in ordered]
     body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return body + "."
 

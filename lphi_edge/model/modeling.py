@@ -100,14 +100,25 @@ class LlavaPhiForCausalLM(nn.Module):
 
     def forward(
         self,
-        inputs_embeds: torch.Tensor,
+        inputs_embeds: torch.Tensor | None,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         cache=None,
         logits_to_keep: int = 0,
         labels: torch.Tensor | None = None,
+        *,
+        input_ids: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
     ):
-        """One LM pass over spliced embeddings [B, S, D]; returns transformers' CausalLMOutputWithPast."""
+        """One LM pass over spliced embeddings [B, S, D]; returns transformers' CausalLMOutputWithPast.
+
+        Training passes input_ids / image_mask / pixel_values instead of inputs_embeds, so the whole step
+        (vision tower, projector, splice, LM) runs inside this forward, as FSDP's root hooks require."""
+        if inputs_embeds is None:
+            if input_ids is None or image_mask is None:
+                raise ValueError("forward needs inputs_embeds, or input_ids + image_mask (+ pixel_values)")
+            inputs_embeds = self.embed_multimodal(input_ids, image_mask, pixel_values)  # (B, S, D)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -33,9 +33,16 @@ class TrainConfig:
         save_every: optimizer steps between resumable checkpoints (0: only at the end).
         on_bad_sample: error (stop naming the record) | skip (count and report).
         seed / log_every / threads: reproducibility, logging period, torch CPU threads (0: default).
+        device: auto (CUDA when torch sees it) | cpu | cuda. Under torchrun every process takes the GPU of
+            its LOCAL_RANK and the model is sharded with FSDP2; global_batch is then split as
+            micro_batch × processes × accumulation steps.
+        group_by_length: draw micro-batches of similar length (less padding): each epoch's shuffled order
+            is cut into groups of 50 global micro-batches, each sorted by length.
         lora: train LoRA adapters on the LM's linear layers instead of its weights (finetune / sft); the
             adapters are merged back, so the output is a plain native checkpoint.
         lora_r / lora_alpha / lora_dropout / lora_targets: the adapters' rank, scale, dropout and modules.
+        qlora: LoRA over the LM's linear layers quantized to 4-bit NF4 by bitsandbytes (needs lora, CUDA,
+            bitsandbytes and one process); the adapters are merged into the original full-precision weights.
     """
 
     stage: str
@@ -67,8 +74,17 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
+    qlora: bool = False
+    device: str = "auto"
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"TrainConfig.{f.name} must be true or false, got {value!r}")
+            if f.type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"TrainConfig.{f.name} must be a number, got {value!r}")
         if self.stage not in STAGES:
             raise ConfigError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
         for name in ("lr", "eps"):
@@ -101,6 +117,10 @@ class TrainConfig:
                 f"TrainConfig.lora_r / lora_alpha must be ≥ 1 and lora_dropout in [0, 1), got "
                 f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}"
             )
+        if self.qlora and not self.lora:
+            raise ConfigError("TrainConfig.qlora trains LoRA adapters over a 4-bit LM: it needs lora=true")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.on_bad_sample not in ("error", "skip"):
             raise ConfigError(f"TrainConfig.on_bad_sample must be error or skip, got {self.on_bad_sample!r}")

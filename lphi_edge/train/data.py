@@ -115,6 +115,18 @@ class LlavaJsonDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def approx_lengths(self) -> list[int]:
+        """Cheap per-record length estimates for length-grouped batching (words + image tokens; no
+        tokenizing or image reading). Malformed records count as 0 and are reported when taken."""
+        out = []
+        for rec in self.records:
+            try:
+                words = sum(len(str(turn["value"]).split()) for turn in rec["conversations"])
+                out.append(words + (self.image_tokens if rec.get("image") else 0))
+            except (KeyError, TypeError, AttributeError):
+                out.append(0)
+        return out
+
     def describe(self, i: int) -> str:
         rec = self.records[i]
         rid = rec.get("id", "?") if isinstance(rec, dict) else "?"

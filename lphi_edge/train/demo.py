@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from lphi_edge.data.shapes import caption, questions, random_scene
+from lphi_edge.data.shapes import DESCRIBE, caption, questions, random_scene
 from lphi_edge.model.checkpoint import save_checkpoint
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 from lphi_edge.model.tiny import TinySpec, tiny_config, train_tokenizer
@@ -48,7 +48,7 @@ def task_corpus(n: int = 2000, seed: int = 0) -> list[str]:
     texts = [PHI_SYSTEM, "USER: ASSISTANT:"]
     for _ in range(n):
         scene = random_scene(rng)
-        texts.append(caption(scene))
+        texts.append(f"USER: {DESCRIBE} ASSISTANT: {caption(scene)}")
         texts += [f"USER: {qa.question} ASSISTANT: {qa.answer}" for qa in questions(scene, rng)]
     return texts
 

@@ -1,8 +1,14 @@
 """The training loop of every stage: freezing, data order, accumulation, checkpoints and resume.
 
-Resumable checkpoints (every `save_every` optimizer steps, written atomically) hold the model weights,
-the optimizer and scheduler states, the RNG states and the data position, all as safetensors + JSON
-(no pickle). Rerunning the same command continues from the newest one.
+Resumable checkpoints (every `save_every` optimizer steps, written atomically by rank 0) hold the trainable
+weights (frozen ones are those of the starting checkpoint), the optimizer and scheduler states, every
+rank's RNG state and the data position, all as safetensors + JSON (no pickle), keyed by parameter name and
+unsharded: independent of the number of processes. Rerunning the same command continues from the newest.
+
+Under torchrun the model is sharded with FSDP2 (lphi_edge.train.distributed); each optimizer step takes
+the same `global_batch` samples in the same order whatever the number of processes (each global
+micro-batch of micro_batch × processes samples is split by rank), and the loss is normalised by the
+step's total label tokens over all ranks, so 1 and N processes compute the same update.
 """
 
 from __future__ import annotations
@@ -32,6 +38,14 @@ from lphi_edge.processing.template import get_template
 from lphi_edge.processing.tokenizer import Tokenizer
 from lphi_edge.train.config import TrainConfig
 from lphi_edge.train.data import BadSampleError, LlavaJsonDataset, Sample, collate
+from lphi_edge.train.distributed import (
+    DistContext,
+    full_state_dicts,
+    init_distributed,
+    load_full_state_dicts,
+    shard_model,
+    shutdown,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,23 +80,71 @@ def add_lora(model: LlavaPhiForCausalLM, config: TrainConfig) -> None:
     logger.info("LoRA r=%d on %s: %d trainable LM parameters", config.lora_r, config.lora_targets, n)
 
 
-class Batches:
-    """A seeded permutation per epoch, resumable at any micro-batch; bad samples raise or are skipped."""
+def quantize_lm_4bit(model: LlavaPhiForCausalLM, config: TrainConfig, device: torch.device) -> int:
+    """QLoRA base: the LM's targeted linear layers → bitsandbytes NF4 `Linear4bit` (frozen, bf16 compute),
+    quantized when moved to the GPU. Returns how many layers were replaced."""
+    if device.type != "cuda":
+        raise ConfigError("qlora needs a CUDA device (bitsandbytes 4-bit kernels); this run is on the CPU")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError("qlora needs bitsandbytes: pip install bitsandbytes") from None
+    replaced = 0
+    for parent in list(model.language_model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or name not in config.lora_targets:
+                continue
+            q = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=torch.bfloat16,
+                quant_type="nf4",
+            )
+            q.weight = bnb.nn.Params4bit(child.weight.data.to("cpu"), requires_grad=False, quant_type="nf4")
+            if child.bias is not None:
+                q.bias = torch.nn.Parameter(child.bias.data.clone(), requires_grad=False)
+            setattr(parent, name, q.to(device))
+            replaced += 1
+    logger.info("QLoRA: %d LM linear layers quantized to NF4", replaced)
+    return replaced
 
-    def __init__(self, dataset: LlavaJsonDataset, config: TrainConfig, pad_id: int, image_tokens: int):
+
+class Batches:
+    """A seeded order per epoch (optionally length-grouped), resumable at any micro-batch; bad samples raise
+    or are skipped. Global micro-batches of micro_batch × world samples are split by rank."""
+
+    GROUP = 50  # global micro-batches per length-sorted group
+
+    def __init__(
+        self,
+        dataset: LlavaJsonDataset,
+        config: TrainConfig,
+        pad_id: int,
+        image_tokens: int,
+        ctx: DistContext | None = None,
+    ):
         self.dataset, self.config, self.pad_id, self.image_tokens = dataset, config, pad_id, image_tokens
+        self.ctx = ctx or DistContext()
         self.skipped: list[str] = []
+        self._lengths = dataset.approx_lengths() if config.group_by_length else None
 
     def epoch_order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
-        return torch.randperm(len(self.dataset), generator=g).tolist()
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        if self._lengths is None:
+            return order
+        group = self.GROUP * self.config.micro_batch * self.ctx.world_size
+        lengths = self._lengths
+        return [i for k in range(0, len(order), group) for i in sorted(order[k : k + group], key=lambda j: -lengths[j])]
 
     def iterate(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-        """(next position, batch) for micro-batches of `epoch` from sample position `start`."""
-        order, mb = self.epoch_order(epoch), self.config.micro_batch
-        for pos in range(start, len(order) - mb + 1, mb):
+        """(next position, this rank's batch) for the global micro-batches of `epoch` from position `start`."""
+        order, mb, world = self.epoch_order(epoch), self.config.micro_batch, self.ctx.world_size
+        for pos in range(start, len(order) - mb * world + 1, mb * world):
             samples: list[Sample] = []
-            for i in order[pos : pos + mb]:
+            mine = order[pos + self.ctx.rank * mb : pos + (self.ctx.rank + 1) * mb]
+            for i in mine:
                 try:
                     samples.append(self.dataset[i])
                 except BadSampleError as e:
@@ -91,20 +153,38 @@ class Batches:
                     self.skipped.append(str(e))
                     logger.warning("skipping bad sample: %s", e)
             if samples:
-                yield pos + mb, collate(samples, self.image_tokens, self.pad_id)
+                yield pos + mb * world, collate(samples, self.image_tokens, self.pad_id)
+            elif world > 1:  # the other ranks are waiting in a collective for this one
+                raise BadSampleError(
+                    f"rank {self.ctx.rank}: every sample of its micro-batch is bad "
+                    f"({'; '.join(self.skipped[-mb:])}); a distributed step cannot skip a whole micro-batch"
+                )
 
 
 def train(config: TrainConfig) -> Path:
-    """Run one stage to completion (resuming if checkpoints exist); returns the output checkpoint dir."""
+    """Run one stage to completion (resuming if checkpoints exist); returns the output checkpoint dir.
+    Under torchrun every rank calls it; rank 0 writes checkpoints, metrics and the final model."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    ctx = init_distributed(config.device)
+    per_step = config.micro_batch * ctx.world_size
+    if config.global_batch % per_step:
+        raise ConfigError(
+            f"TrainConfig.global_batch ({config.global_batch}) must be a multiple of micro_batch × processes "
+            f"({config.micro_batch} × {ctx.world_size})"
+        )
+    if config.qlora and ctx.distributed:
+        raise ConfigError("qlora runs in one process (bitsandbytes 4-bit weights are not sharded by FSDP here)")
     out = Path(config.out)
     ckpt_dir = out / "checkpoints"
     torch.manual_seed(config.seed)  # before anything random (LoRA init, dropout); a resume restores its own state
     random.seed(config.seed)
     np.random.seed(config.seed)
-    model = load_checkpoint(config.model)
     tokenizer = Tokenizer.from_dir(config.model)
+    model = build_trainable(config)
+    if config.qlora:
+        quantize_lm_4bit(model, config, ctx.device)
+    model.to(ctx.device)
     proc_cfg = processor_config(config.model, model.config)
     dataset = LlavaJsonDataset(
         config.data,
@@ -115,13 +195,14 @@ def train(config: TrainConfig) -> Path:
         config.max_length,
         model.config.image_tokens,
     )
-    if len(dataset) < config.micro_batch:
-        raise ConfigError(f"{config.data} has {len(dataset)} records, fewer than micro_batch {config.micro_batch}")
-    trainable = set_trainable(model, config)
-    if config.lora:
-        add_lora(model, config)
+    if len(dataset) < per_step:
+        raise ConfigError(
+            f"{config.data} has {len(dataset)} records, fewer than one micro-batch per process ({per_step})"
+        )
     if config.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable()
+    if ctx.distributed:
+        shard_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -131,7 +212,7 @@ def train(config: TrainConfig) -> Path:
         betas=config.betas,
         eps=config.eps,
     )
-    accum = config.global_batch // config.micro_batch
+    accum = config.global_batch // per_step
     steps_per_epoch = max(1, len(dataset) // config.global_batch)
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -139,47 +220,50 @@ def train(config: TrainConfig) -> Path:
     make = get_cosine_schedule_with_warmup if config.schedule == "cosine" else get_linear_schedule_with_warmup
     scheduler = make(optimizer, int(config.warmup_ratio * total), total)
     state = {"step": 0, "epoch": 0, "position": 0}
-    _resume(ckpt_dir, model, optimizer, scheduler, state)  # restores the RNG states too
+    _resume(ckpt_dir, model, optimizer, scheduler, state, ctx)  # restores the RNG states too
     logger.info(
-        "stage %s: training %s, %d steps of %d samples (%d × %d accumulated), %d records",
+        "stage %s: training %s, %d steps of %d samples (%d × %d processes × %d accumulated), %d records, %s",
         config.stage,
-        trainable,
+        [n for n in ("vision_tower", "mm_projector", "language_model") if _trains(getattr(model, n))],
         total,
         config.global_batch,
         config.micro_batch,
+        ctx.world_size,
         accum,
         len(dataset),
+        ctx.device,
     )
-    batches = Batches(dataset, config, tokenizer.eos_token_id, model.config.image_tokens)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    if metrics_path.is_file():  # drop records past the resumed step (they are recomputed)
-        kept = [
-            ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= state["step"]
-        ]
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
-    metrics = open(metrics_path, "a")
+    batches = Batches(dataset, config, tokenizer.eos_token_id, model.config.image_tokens, ctx)
+    metrics = _open_metrics(out, state["step"]) if ctx.is_main else None
     model.train()
-    bar = tqdm(total=total, initial=state["step"], desc=f"lphi-train {config.stage}", unit="step")
+    bar = tqdm(
+        total=total, initial=state["step"], desc=f"lphi-train {config.stage}", unit="step", disable=not ctx.is_main
+    )
     stream = _micro_batches(batches, state)
     t_last, tokens, samples, losses = time.perf_counter(), 0, 0, []
     while state["step"] < total:
         optimizer.zero_grad(set_to_none=True)
         micro = [next(stream) for _ in range(accum)]
-        n_tok = sum(int((b["labels"] != -100).sum()) for _, b in micro)
+        n_tok = ctx.sum(sum(int((b["labels"] != -100).sum()) for _, b in micro))  # the step's label tokens, all ranks
         step_loss = 0.0
         for _, batch in micro:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                embeds = model.embed_multimodal(batch["input_ids"], batch["image_mask"], batch.get("pixel_values"))
-                logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-            # token-weighted mean over the whole accumulated batch (same loss whatever the split)
+            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(
+                    None,
+                    batch["attention_mask"],
+                    input_ids=batch["input_ids"],
+                    image_mask=batch["image_mask"],
+                    pixel_values=batch.get("pixel_values"),
+                ).logits  # (B, T, V)
+            # token-weighted mean over the whole global batch (same loss whatever the split)
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(),
                 batch["labels"][:, 1:].flatten(),
                 ignore_index=-100,
                 reduction="sum",
             ) / max(n_tok, 1)
-            loss.backward()
+            (loss * ctx.world_size).backward()  # FSDP averages gradients over ranks; undo that to get the sum
             step_loss += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())
             samples += batch["input_ids"].shape[0]
@@ -188,9 +272,9 @@ def train(config: TrainConfig) -> Path:
         scheduler.step()
         state["step"] += 1
         state["epoch"], state["position"] = micro[-1][0]
-        losses.append(step_loss)
+        losses.append(ctx.sum(step_loss))
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if state["step"] % config.log_every == 0 or state["step"] == total:
             now = time.perf_counter()
             rec = {
@@ -198,27 +282,73 @@ def train(config: TrainConfig) -> Path:
                 "epoch": state["epoch"],
                 "loss": float(np.mean(losses)),
                 "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens / (now - t_last),
-                "samples_per_s": samples / (now - t_last),
-                "skipped": len(batches.skipped),
+                "tokens_per_s": ctx.sum(tokens) / (now - t_last),
+                "samples_per_s": ctx.sum(samples) / (now - t_last),
+                "skipped": int(ctx.sum(len(batches.skipped))),
             }
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
+            if metrics is not None:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
             t_last, tokens, samples, losses = now, 0, 0, []
         if config.save_every and state["step"] % config.save_every == 0 and state["step"] < total:
-            _save_state(ckpt_dir, model, optimizer, scheduler, state)
+            _save_state(ckpt_dir, model, optimizer, scheduler, state, ctx)
     bar.close()
-    metrics.close()
-    model.eval()
-    if config.lora:  # fold the adapters into the weights: a plain native checkpoint
-        model.language_model = model.language_model.merge_and_unload()
-    final = save_checkpoint(model, out / "model", tokenizer_dir=config.model, processor=proc_cfg, overwrite=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
-    if batches.skipped:
-        (out / "skipped_samples.txt").write_text("\n".join(batches.skipped) + "\n")
-        logger.warning("skipped %d bad sample(s); listed in %s", len(batches.skipped), out / "skipped_samples.txt")
-    plot_losses(out / "metrics.jsonl", out / "loss.png")
+    trained, _ = full_state_dicts(model)  # every rank takes part in the gather
+    skipped = ctx.gather(batches.skipped)
+    final = out / "model"
+    if ctx.is_main:
+        metrics.close()
+        plain = export_copy(config, trained)
+        final = save_checkpoint(plain, final, tokenizer_dir=config.model, processor=proc_cfg, overwrite=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        bad = [b for rank in skipped for b in rank]
+        if bad:
+            (out / "skipped_samples.txt").write_text("\n".join(bad) + "\n")
+            logger.warning("skipped %d bad sample(s); listed in %s", len(bad), out / "skipped_samples.txt")
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
+    shutdown()
     return final
+
+
+def build_trainable(config: TrainConfig) -> LlavaPhiForCausalLM:
+    """The starting checkpoint with this stage's parts trainable (and LoRA adapters if asked)."""
+    model = load_checkpoint(config.model)
+    set_trainable(model, config)
+    if config.lora:
+        add_lora(model, config)
+    return model
+
+
+def export_copy(config: TrainConfig, trained: dict[str, torch.Tensor]) -> LlavaPhiForCausalLM:
+    """A plain full-precision model for the output checkpoint: the starting checkpoint with every trainable
+    tensor taken from `trained`, LoRA adapters merged (for QLoRA into the original, unquantized weights)."""
+    model = build_trainable(config)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n in names if n not in trained]
+    if missing:
+        raise RuntimeError(f"trained state lacks {len(missing)} trainable tensor(s), e.g. {missing[:3]}")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n in names:
+            params[n].copy_(trained[n].to(params[n].dtype))
+    model.eval()
+    if config.lora:
+        model.language_model = model.language_model.merge_and_unload()
+    return model
+
+
+def _trains(module: torch.nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _open_metrics(out: Path, step: int):
+    """metrics.jsonl for appending, records past the resumed step dropped (they are recomputed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+    return open(path, "a")
 
 
 def _micro_batches(batches: Batches, state: dict) -> Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]]:
@@ -237,57 +367,88 @@ def _micro_batches(batches: Batches, state: dict) -> Iterator[tuple[tuple[int, i
         epoch, start = epoch + 1, 0
 
 
-def _save_state(ckpt_dir: Path, model, optimizer, scheduler, state: dict) -> None:
-    """model weights + optimizer tensors (safetensors) + everything else (JSON), atomically."""
-    with atomic_directory(ckpt_dir / f"step-{state['step']:08d}") as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        opt = optimizer.state_dict()
-        tensors, meta = {}, {"param_groups": opt["param_groups"], "state": {}}
-        for pid, st in opt["state"].items():
-            meta["state"][str(pid)] = {}
-            for key, value in st.items():
-                if torch.is_tensor(value):
-                    tensors[f"{pid}.{key}"] = value.contiguous()
-                else:
-                    meta["state"][str(pid)][key] = value
-        tensors["rng.torch"] = torch.get_rng_state()
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        np_state = np.random.get_state()
-        meta.update(
-            state=meta["state"],
-            trainer=state,
-            scheduler=scheduler.state_dict(),
-            rng={"python": repr(random.getstate()), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
-        )
-        (tmp / "trainer_state.json").write_text(json.dumps(meta))
-    for old in sorted(ckpt_dir.glob("step-*"))[:-2]:  # keep the newest two
-        shutil.rmtree(old, ignore_errors=True)
+def _save_state(ckpt_dir: Path, model, optimizer, scheduler, state: dict, ctx: DistContext) -> None:
+    """Trainable weights + optimizer tensors (safetensors) + everything else (JSON), unsharded, atomically.
+    Every rank takes part (gathers); rank 0 writes."""
+    model_sd, opt_sd = full_state_dicts(model, optimizer)
+    rng = ctx.gather(
+        {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if ctx.device.type == "cuda" else None,
+            "python": repr(random.getstate()),
+            "numpy": _numpy_state(),
+        }
+    )
+    if ctx.is_main:
+        with atomic_directory(ckpt_dir / f"step-{state['step']:08d}") as tmp:
+            save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+            tensors, meta = {}, {"param_groups": opt_sd["param_groups"], "state": {}}
+            for name, st in opt_sd["state"].items():
+                meta["state"][name] = {}
+                for key, value in st.items():
+                    if torch.is_tensor(value):
+                        tensors[f"{name}::{key}"] = value.contiguous()
+                    else:
+                        meta["state"][name][key] = value
+            for r, rs in enumerate(rng):
+                tensors[f"rng.torch.{r}"] = rs["torch"]
+                if rs["cuda"] is not None:
+                    tensors[f"rng.cuda.{r}"] = rs["cuda"]
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            meta.update(
+                trainer=state,
+                world_size=ctx.world_size,
+                scheduler=scheduler.state_dict(),
+                rng=[{"python": rs["python"], "numpy": rs["numpy"]} for rs in rng],
+            )
+            (tmp / "trainer_state.json").write_text(json.dumps(meta))
+        for old in sorted(ckpt_dir.glob("step-*"))[:-2]:  # keep the newest two
+            shutil.rmtree(old, ignore_errors=True)
+    ctx.barrier()
 
 
-def _resume(ckpt_dir: Path, model, optimizer, scheduler, state: dict) -> bool:
+def _numpy_state() -> list:
+    st = np.random.get_state()
+    return [st[0], st[1].tolist(), *st[2:]]
+
+
+def _resume(ckpt_dir: Path, model, optimizer, scheduler, state: dict, ctx: DistContext) -> bool:
+    """Every rank reads the newest checkpoint and keeps its shard. RNG states are restored per rank when
+    the number of processes is unchanged (otherwise reseeded from the step: data order does not depend on it)."""
     done = sorted(ckpt_dir.glob("step-*")) if ckpt_dir.is_dir() else []
     if not done:
         return False
     last = done[-1]
     logger.info("resuming from %s", last)
-    model.load_state_dict(load_file(str(last / "model.safetensors")))
     meta = json.loads((last / "trainer_state.json").read_text())
+    if "world_size" not in meta:
+        raise ConfigError(f"{last} was written by an older lphi-train; remove {ckpt_dir} to start over")
     tensors = load_file(str(last / "optimizer.safetensors"))
-    opt_state = {}
-    for pid, st in meta["state"].items():
-        opt_state[int(pid)] = dict(st)
+    opt_state: dict[str, dict] = {name: dict(st) for name, st in meta["state"].items()}
     for key, value in tensors.items():
-        if key.startswith("rng."):
-            continue
-        pid, name = key.split(".", 1)
-        opt_state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        if not key.startswith("rng."):
+            name, field = key.rsplit("::", 1)
+            opt_state.setdefault(name, {})[field] = value
+    model_sd = load_file(str(last / "model.safetensors"))  # trainable tensors; frozen ones are already loaded
+    load_full_state_dicts(model, optimizer, model_sd, {"state": opt_state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     state.update(meta["trainer"])
-    torch.set_rng_state(tensors["rng.torch"])
-    random.setstate(ast.literal_eval(meta["rng"]["python"]))
-    np_state = meta["rng"]["numpy"]
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    if meta["world_size"] == ctx.world_size:
+        torch.set_rng_state(tensors[f"rng.torch.{ctx.rank}"])
+        if ctx.device.type == "cuda" and f"rng.cuda.{ctx.rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{ctx.rank}"])
+        rs = meta["rng"][ctx.rank]
+        random.setstate(ast.literal_eval(rs["python"]))
+        np.random.set_state((rs["numpy"][0], np.array(rs["numpy"][1], dtype=np.uint32), *rs["numpy"][2:]))
+    else:
+        logger.warning(
+            "checkpoint written by %d process(es), resuming with %d: RNG streams reseeded (data order is unchanged)",
+            meta["world_size"],
+            ctx.world_size,
+        )
+        torch.manual_seed(config_seed := state["step"] * 1000 + ctx.rank)
+        random.seed(config_seed)
+        np.random.seed(config_seed)
     return True
 
 
