@@ -127,10 +127,7 @@ def test_ranks_split_each_global_micro_batch_and_length_grouping_sorts(tiny_ckpt
     )
     base = dict(stage="finetune", model="m", data="d", out="o", global_batch=8, micro_batch=2)
     solo = Batches(ds, TrainConfig(**{**base, "micro_batch": 4}), tok.eos_token_id, cfg.image_tokens)
-    ranks = [
-        Batches(ds, TrainConfig(**base), tok.eos_token_id, cfg.image_tokens, DistContext(r, 2))
-        for r in range(2)
-    ]
+    ranks = [Batches(ds, TrainConfig(**base), tok.eos_token_id, cfg.image_tokens, DistContext(r, 2)) for r in range(2)]
     solo_batches = [b["input_ids"] for _, b in solo.iterate(0, 0)]
     rank_batches = [[b["input_ids"] for _, b in r.iterate(0, 0)] for r in ranks]
     assert len(solo_batches) == len(rank_batches[0]) == len(rank_batches[1]) > 0
