@@ -21,7 +21,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The shipped shapes-demo model (lphi_edge/assets/shapes_demo, trained by train/shapes_demo.sh)
-# answers questions about the shipped sample frame (a red circle and a blue square).
+# answers questions about the shipped sample frame (a red circle and a blue square), then the ROS 2
+# node runs it via onnxruntime on the synthetic camera's frames (lphi-ros-demo exits by itself).
 demo: $(STAMP)
 	$(VENV)/bin/lphi-ask --model shapes-demo --image lphi_edge/assets/sample_frame.png \
 	    --prompt "How many shapes are there?" --max-new-tokens 8
@@ -29,6 +30,7 @@ demo: $(STAMP)
 	    --prompt "What color is the circle?" --max-new-tokens 8
 	$(VENV)/bin/lphi-ask --model shapes-demo --image lphi_edge/assets/sample_frame.png \
 	    --prompt "Is there a blue square?" --max-new-tokens 8
+	$(VENV)/bin/lphi-ros-demo
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

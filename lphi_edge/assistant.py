@@ -63,14 +63,18 @@ class Answer:
         }
 
 
-# Models shipped inside the package, usable by name wherever a model path is accepted.
-SHIPPED_MODELS = {"shapes-demo": Path(__file__).resolve().parent / "assets" / "shapes_demo"}
+# Models shipped inside the package, usable by name wherever a model path is accepted: the PyTorch
+# checkpoint, and its fp32 ONNX export (lphi-export) for backends that run exported engines.
+_ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_MODELS = {"shapes-demo": _ASSETS / "shapes_demo"}
+SHIPPED_EXPORTS = {"shapes-demo": _ASSETS / "shapes_demo_onnx"}
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A checkpoint / export directory, or the name of a shipped model (`shapes-demo`)."""
+def resolve_model_dir(model: str | os.PathLike, backend: str | None = None) -> Path:
+    """A checkpoint / export directory, or the name of a shipped model (`shapes-demo`; its ONNX export
+    when `backend` is onnxruntime)."""
     if isinstance(model, str) and model in SHIPPED_MODELS:
-        path = SHIPPED_MODELS[model]
+        path = SHIPPED_EXPORTS[model] if backend == "onnxruntime" else SHIPPED_MODELS[model]
         if not (path / "config.json").is_file() and not (path / "manifest.json").is_file():
             raise CheckpointError(f"the shipped model {model!r} is missing from this install ({path})")
         return path
@@ -122,7 +126,7 @@ class Assistant:
         """
         if backend is not None and backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
-        path = resolve_model_dir(model)
+        path = resolve_model_dir(model, backend)
         from lphi_edge.export.manifest import is_export_dir
 
         if is_export_dir(path):

@@ -1,0 +1,401 @@
+"""vqa_node with real rclpy across processes: the node runs as a subprocess (`lphi-vqa-node`), this test
+publishes frames and prompts and reads answers and /diagnostics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from lphi_edge import Assistant  # noqa: E402
+from lphi_edge.data.shapes import answer_question, questions, random_scene, render  # noqa: E402
+
+EXE = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = str(40 + os.getpid() % 50)  # isolate this test run's ROS graph
+os.environ["ROS_DOMAIN_ID"] = DOMAIN
+
+
+class Harness:
+    """The test's side of the graph: publishes image / image/compressed / prompt, records the rest."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self.node = Node(f"lphi_test_{os.getpid()}", namespace=ns)
+        self.image = self.node.create_publisher(Image, "image", 5)
+        self.compressed = self.node.create_publisher(CompressedImage, "image/compressed", 5)
+        self.prompt = self.node.create_publisher(String, "prompt", 50)
+        self.answers: list[str] = []
+        self.stream: list[str] = []
+        self.diags: list[dict[str, str]] = []
+        self.levels: list[int] = []
+        self.node.create_subscription(String, "answer", lambda m: self.answers.append(m.data), 50)
+        self.node.create_subscription(String, "answer/stream", lambda m: self.stream.append(m.data), 200)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 200)
+        self.params = self.node.create_client(SetParameters, f"{ns}/vqa_node/set_parameters")
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        for s in msg.status:
+            if not s.name.startswith(f"{self.ns}/vqa_node"):  # /diagnostics is shared by every node
+                continue
+            self.diags.append({kv.key: kv.value for kv in s.values} | {"_message": s.message})
+            self.levels.append(s.level[0] if isinstance(s.level, bytes) else int(s.level))
+
+    def spin_until(self, done: Callable[[], bool], timeout: float, tick: Callable[[], None] | None = None) -> bool:
+        end = time.time() + timeout
+        while time.time() < end:
+            if done():
+                return True
+            if tick is not None:
+                tick()
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+        return done()
+
+    def frame_msg(self, rgb: np.ndarray, stamp_ns: int | None = None) -> Image:
+        msg = Image(encoding="rgb8", height=rgb.shape[0], width=rgb.shape[1], step=rgb.shape[1] * 3)
+        if stamp_ns is None:
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+        else:
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        msg.header.frame_id = "test_camera"
+        msg.data = rgb.tobytes()
+        return msg
+
+    def show(self, rgb: np.ndarray) -> None:
+        """Publish a frame until the node has certainly received it (best-effort QoS, depth 1)."""
+        before = self.received()
+        self.spin_until(lambda: self.received() > before, 10, lambda: self.image.publish(self.frame_msg(rgb)))
+
+    def received(self) -> int:
+        return int(self.diags[-1]["frames_received"]) if self.diags else -1
+
+    def ask(self, question: str, timeout: float = 60.0, frame: np.ndarray | None = None) -> str:
+        """Publish a prompt; wait for its answer and its diagnostics."""
+        n, n_diag = len(self.answers), self.answer_diags()
+        self.prompt.publish(String(data=question))
+        tick = None if frame is None else (lambda: self.image.publish(self.frame_msg(frame)))
+        done = lambda: len(self.answers) > n and self.answer_diags() > n_diag  # noqa: E731
+        assert self.spin_until(done, timeout, tick), f"no answer to {question!r}"
+        return self.answers[n]
+
+    def answer_diags(self) -> int:
+        return sum("answer" in d for d in self.diags)
+
+    def set_parameters(self, **values) -> list:
+        assert self.params.wait_for_service(timeout_sec=10)
+        req = SetParameters.Request()
+        for name, value in values.items():
+            if isinstance(value, bool):
+                pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+            elif isinstance(value, int):
+                pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+            elif isinstance(value, float):
+                pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+            else:
+                pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+            req.parameters.append(ParameterMsg(name=name, value=pv))
+        future = self.params.call_async(req)
+        assert self.spin_until(future.done, 10)
+        return future.result().results
+
+
+_COUNT = iter(range(1000))
+
+
+def start_node(*ros_args: str) -> tuple[subprocess.Popen, Harness]:
+    """A vqa_node in its own namespace (its own prompt / image / answer topics) and the test's harness there."""
+    ns = f"/t{next(_COUNT)}"
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(
+        [str(EXE / "lphi-vqa-node"), "--ros-args", "-r", f"__ns:={ns}", *ros_args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+    )
+    proc.log = log  # type: ignore[attr-defined]
+    h = Harness(ns)
+    ok = h.spin_until(lambda: h.prompt.get_subscription_count() > 0 and h.params.service_is_ready(), 60)
+    assert ok and proc.poll() is None, "vqa_node did not come up"
+    return proc, h
+
+
+def stop_node(proc: subprocess.Popen) -> str:
+    """SIGINT → must exit 0 without a traceback; returns its log."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.log.seek(0)
+    log = proc.log.read()
+    assert proc.returncode == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init(args=[])
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def node(ros):
+    proc, h = start_node("-p", "model:=shapes-demo", "-p", "backend:=onnxruntime", "-p", "max_frame_age_s:=30.0")
+    yield h, proc
+    h.node.destroy_node()
+    stop_node(proc)
+
+
+def scenes(n: int, seed: int) -> list[tuple[np.ndarray, list]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        scene = random_scene(rng)
+        out.append((render(scene, rng), scene, questions(scene, rng)))
+    return out
+
+
+def test_answers_match_the_model_about_the_newest_frame_with_diagnostics(node):
+    h, _ = node
+    reference = Assistant.from_pretrained("shapes-demo", backend="onnxruntime")
+    asked = right = 0
+    for frame, scene, qas in scenes(4, seed=2024):
+        h.show(frame)
+        for qa in qas[:2]:
+            got = h.ask(qa.question)
+            assert got == reference.ask(frame, qa.question, max_new_tokens=32).text  # about this very frame
+            asked, right = asked + 1, right + (got.strip().lower() == answer_question(scene, qa.question))
+    assert right / asked >= 0.6, f"{right}/{asked} correct"
+    d = h.diags[-1]
+    for key in ("frame_stamp", "frame_age_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms", "tokens_per_s"):
+        assert key in d, key
+    assert d["frame_id"] == "test_camera" and float(d["frame_to_answer_ms"]) >= float(d["frame_age_ms"]) >= 0
+    for key in ("frames_dropped", "frames_malformed", "queue_length", "prompts_dropped"):
+        assert int(d[key]) >= 0
+    # answer/stream carried the text so far, ending with the final answer
+    assert h.spin_until(lambda: h.answers[-1] in h.stream, 5)
+
+
+def test_stale_frames_and_no_frames_get_an_answer_saying_so(ros):
+    proc, h = start_node("-p", "max_frame_age_s:=0.5")
+    try:
+        assert h.ask("How many shapes are there?").startswith("[no frame] No camera frame has arrived on /t")
+        frame = scenes(1, seed=1)[0][0]
+        old = time.time_ns() - 10_000_000_000  # stamped 10 s ago
+        before = len(h.diags)
+        h.spin_until(lambda: False, 1.0, lambda: h.image.publish(h.frame_msg(frame, old)))
+        assert len(h.diags) == before  # frames themselves publish nothing
+        answer = h.ask("How many shapes are there?")
+        assert (
+            answer.startswith("[no frame] The newest camera frame on /t")
+            and "/image is 1" in answer
+            and "too stale" in answer
+        )
+    finally:
+        h.node.destroy_node()
+        stop_node(proc)
+
+
+def test_malformed_frames_are_counted_and_the_node_keeps_answering(node):
+    h, _ = node
+    good, _, qas = scenes(1, seed=77)[0]
+    h.show(good)
+    base = int(h.diags[-1]["frames_malformed"])
+    bad = [
+        Image(encoding="yuv422", height=4, width=4, step=8, data=bytes(32)),
+        Image(encoding="rgb8", height=10, width=10, step=30, data=bytes(299)),
+        Image(encoding="rgb8", height=0, width=0, step=0, data=b""),
+        Image(encoding="rgb8", height=60000, width=60000, step=180000, data=bytes(16)),
+    ]
+    for msg in bad:
+        n = len(h.diags)
+        h.spin_until(lambda n=n: len(h.diags) > n, 10, lambda msg=msg: h.image.publish(msg))
+    assert int(h.diags[-1]["frames_malformed"]) >= base + len(bad)
+    messages = [d["_message"] for d in h.diags]
+    for reason in ("unsupported image encoding 'yuv422'", "expected step × height", "empty image", "exceeds 16384"):
+        assert any(reason in m for m in messages), reason
+    h.show(good)
+    assert h.ask(qas[0].question) in ("1", "2", "3")  # still answering, about the good frame
+
+
+def test_parameters_are_validated_and_take_effect(node):
+    h, _ = node
+    results = h.set_parameters(max_new_tokens=0)
+    assert not results[0].successful and "max_new_tokens=0 must be an integer in 1..4096" in results[0].reason
+    results = h.set_parameters(backend="tensorflow")
+    assert not results[0].successful and "must be one of" in results[0].reason
+    results = h.set_parameters(model="/no/such/model")
+    assert not results[0].successful and "model not found" in results[0].reason
+    frame = scenes(1, seed=3)[0][0]
+    h.show(frame)
+    assert h.set_parameters(max_new_tokens=1)[0].successful
+    long = h.ask("Describe the image briefly.")
+    assert h.diags[-1]["new_tokens"] == "1", long
+    assert h.set_parameters(max_new_tokens=32)[0].successful
+    # a smaller queue drops the oldest prompts, counted and reported
+    assert h.set_parameters(queue_size=1)[0].successful
+    dropped = int(h.diags[-1]["prompts_dropped"])
+    n = len(h.answers)
+    for _ in range(6):
+        h.prompt.publish(String(data="How many shapes are there?"))
+    h.spin_until(lambda: len(h.answers) > n and int(h.diags[-1]["queue_length"]) == 0, 30)
+    h.spin_until(lambda: False, 1.0)
+    assert int(h.diags[-1]["prompts_dropped"]) > dropped
+    assert h.set_parameters(queue_size=4)[0].successful
+    # periodic mode asks by itself; switching it off stops it
+    n = len(h.answers)
+    assert h.set_parameters(auto_prompt="How many shapes are there?", auto_period_s=0.3)[0].successful
+    assert h.spin_until(lambda: len(h.answers) >= n + 3, 20, lambda: h.image.publish(h.frame_msg(frame)))
+    assert any(d.get("prompt_source") == "auto" for d in h.diags[-3:])
+    assert h.set_parameters(auto_prompt="")[0].successful
+    h.spin_until(lambda: False, 1.0)
+    n = len(h.answers)
+    h.spin_until(lambda: False, 1.5)
+    assert len(h.answers) == n
+
+
+def test_compressed_transport_with_corrupt_jpeg(ros):
+    cv2 = pytest.importorskip("cv2")
+    proc, h = start_node("-p", "image_transport:=compressed", "-p", "max_frame_age_s:=30.0")
+    try:
+        frame, scene, qas = scenes(1, seed=11)[0]
+        ok, jpg = cv2.imencode(".png", np.ascontiguousarray(frame[:, :, ::-1]))
+        good = CompressedImage(format="png", data=jpg.tobytes())
+        corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0" + bytes(500))
+        n = len(h.diags)
+        h.spin_until(lambda: len(h.diags) > n, 10, lambda: h.compressed.publish(corrupt))
+        assert "cannot decode 504-byte compressed frame" in h.diags[-1]["_message"]
+        reference = Assistant.from_pretrained("shapes-demo", backend="onnxruntime")
+        h.spin_until(lambda: False, 0.5, lambda: h.compressed.publish(good))
+        got = h.ask(qas[0].question)
+        assert got == reference.ask(frame, qas[0].question, max_new_tokens=32).text
+        assert int(h.diags[-1]["frames_malformed"]) >= 1
+    finally:
+        h.node.destroy_node()
+        stop_node(proc)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_frame_flood_every_prompt_answered_memory_bounded(ros):
+    """30 Hz of 1280×720 rgb8 for 30 s with a prompt every 0.5 s."""
+    proc, h = start_node("-p", "max_frame_age_s:=5.0", "-p", "queue_size:=100")
+    try:
+        rng = np.random.default_rng(0)
+        frames = [render(random_scene(rng, 720, 3), rng, 720) for _ in range(4)]
+        frames = [np.ascontiguousarray(np.pad(f, ((0, 0), (280, 280), (0, 0)), constant_values=200)) for f in frames]
+        msgs = [h.frame_msg(f) for f in frames]
+        assert frames[0].shape == (720, 1280, 3)
+        h.show(frames[0])  # the image connection is up before the flood starts
+        start = time.time()
+        sent, asked, rss = 0, 0, []
+        n0 = len(h.answers)
+        next_frame, next_prompt = start, start
+        while time.time() - start < 30:
+            now = time.time()
+            if now >= next_frame:
+                msg = msgs[sent % len(msgs)]
+                msg.header.stamp = h.node.get_clock().now().to_msg()
+                h.image.publish(msg)
+                sent += 1
+                next_frame += 1 / 30
+            if now >= next_prompt:
+                h.prompt.publish(String(data="How many shapes are there?"))
+                asked += 1
+                next_prompt += 0.5
+                rss.append(_rss_mb(proc.pid))
+            rclpy.spin_once(h.node, timeout_sec=0.001)
+        rate = sent / (time.time() - start)
+        assert h.spin_until(lambda: len(h.answers) - n0 >= asked, 60), f"{len(h.answers) - n0} of {asked} answered"
+        assert rate >= 29, f"published only {rate:.1f} Hz"
+        answers = h.answers[n0:]
+        assert all(a in ("1", "2", "3") for a in answers), answers[:10]
+        d = h.diags[-1]
+        assert int(d["prompts_dropped"]) == 0 and int(d["frames_received"]) > 0
+        # memory: steady after warm-up (no frame backlog): growth over the last 25 s under 64 MB
+        assert max(rss[10:]) - rss[10] < 64, rss
+        # every frame received was either taken by a prompt or superseded unused (never queued)
+        assert int(d["frames_received"]) - int(d["frames_dropped"]) <= len(h.answers) + 1
+    finally:
+        h.node.destroy_node()
+        stop_node(proc)
+
+
+def test_params_file_and_bad_startup(ros):
+    cfg = ROOT / "ros2_ws" / "src" / "lphi_edge" / "config" / "vqa.yaml"
+    proc, h = start_node("--params-file", str(cfg), "-p", "max_frame_age_s:=3.0")
+    try:
+        assert h.ask("How many shapes are there?").startswith("[no frame]")
+    finally:
+        h.node.destroy_node()
+        log = stop_node(proc)
+    assert "loaded shapes-demo (onnxruntime fp32 on cpu)" in log
+    bad = subprocess.run(
+        [str(EXE / "lphi-vqa-node"), "--ros-args", "-p", "queue_size:=0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+    )
+    assert bad.returncode == 2 and "queue_size=0 must be an integer in 1..1000" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_camera_node_folder_source_feeds_the_vqa_node(ros, tmp_path):
+    from PIL import Image as PILImage
+
+    frame, scene, qas = scenes(1, seed=5)[0]
+    PILImage.fromarray(frame).save(tmp_path / "000.png")
+    proc, h = start_node("-p", "max_frame_age_s:=30.0")
+    cam = subprocess.Popen(
+        [str(EXE / "lphi-camera-node"), "--ros-args", "-r", f"__ns:={h.ns}", "-p", f"source:={tmp_path}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+    )
+    try:
+        assert h.spin_until(lambda: h.node.count_publishers(f"{h.ns}/image") > 0, 30)
+        h.spin_until(lambda: False, 1.0)
+        reference = Assistant.from_pretrained("shapes-demo", backend="onnxruntime")
+        assert h.ask(qas[0].question) == reference.ask(frame, qas[0].question, max_new_tokens=32).text
+        assert h.diags[-1]["frame_id"] == "camera"
+    finally:
+        cam.send_signal(signal.SIGINT)
+        _, err = cam.communicate(timeout=30)
+        h.node.destroy_node()
+        stop_node(proc)
+    assert cam.returncode == 0 and "Traceback" not in err, err[-2000:]
+
+
+def test_ros_demo_runs_end_to_end():
+    out = subprocess.run([str(EXE / "lphi-ros-demo")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("Q: ") == 3 and out.stdout.count("A: ") == 3
+    assert out.stdout.count("frame → answer") == 3 and "[no frame]" not in out.stdout
