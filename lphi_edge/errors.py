@@ -29,3 +29,7 @@ class ConfigError(LphiError, ValueError):
 
 class GenerationInProgressError(LphiError):
     """A streamed answer is still open on the same session."""
+
+
+class EvalInputError(LphiError):
+    """An evaluation input (question, answer, annotation file) is malformed; the message names file and line."""

@@ -17,7 +17,7 @@ from lphi_edge.cli._common import run, setup_logging
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lphi-export", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="native LLaVA-Phi checkpoint directory")
+    p.add_argument("model", help="native LLaVA-Phi checkpoint directory (or a shipped model: shapes-demo)")
     p.add_argument("--out", required=True, help="export directory to create")
     p.add_argument("--fp16", action="store_true", help="fp16 weights and compute (vision, embeddings, decoder)")
     p.add_argument("--quant", choices=["int8", "int4"], help="weight-only MatMulNBits quantization of the decoder")
@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             trt=args.trt,
             overwrite=args.overwrite,
         )
+        from lphi_edge.assistant import resolve_model_dir
+
         if args.trt:  # fail before the (long) ONNX export when TensorRT cannot run here
             from lphi_edge.export.tensorrt import require_tensorrt
 
             require_tensorrt()
         try:
-            out = export_model(args.model, args.out, config)
+            out = export_model(resolve_model_dir(args.model), args.out, config)
         except VerificationError as e:
             print(report_table(e.report), file=sys.stderr)
             raise

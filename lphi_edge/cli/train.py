@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def _main() -> int:
+        from lphi_edge.assistant import SHIPPED_MODELS
         from lphi_edge.train.config import TrainConfig
         from lphi_edge.train.trainer import train
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             args.set,
             stage=args.stage,
-            model=args.model,
+            model=str(SHIPPED_MODELS.get(args.model, args.model)) if args.model else None,  # e.g. shapes-demo
             data=args.data,
             image_folder=args.image_folder,
             out=args.out,

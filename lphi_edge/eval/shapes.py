@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lphi_edge.assistant import Assistant
-from lphi_edge.data.shapes import QUESTION_TYPES, questions, random_scene, render
+from lphi_edge.data.shapes import QA, QUESTION_TYPES, questions, random_scene, render
 
 logger = logging.getLogger(__name__)
 
@@ -25,27 +26,45 @@ def normalise(text: str) -> str:
     return text.strip().lower().rstrip(".").strip()
 
 
-def evaluate_shapes(assistant: Assistant, n: int = 400, seed: int = 12345, max_new_tokens: int = 8) -> dict[str, Any]:
-    """Ask every applicable question about n new frames; accuracy overall and per question type."""
+def shapes_items(n: int, seed: int) -> Iterator[tuple[str, np.ndarray, QA]]:
+    """(question id, frame, question) for every applicable question about n fresh frames of one seed."""
     rng = np.random.default_rng(seed)
-    right: dict[str, int] = defaultdict(int)
-    asked: dict[str, int] = defaultdict(int)
-    examples = []
-    for _ in tqdm(range(n), desc="shapes eval", unit="frame"):
+    for i in range(n):
         scene = random_scene(rng)
         frame = render(scene, rng)
-        for qa in questions(scene, rng):
-            got = normalise(assistant.ask(frame, qa.question, max_new_tokens=max_new_tokens).text)
-            asked[qa.kind] += 1
-            right[qa.kind] += got == qa.answer
-            if got != qa.answer and len(examples) < 20:
-                examples.append({"question": qa.question, "expected": qa.answer, "got": got})
-    per_type = {k: right[k] / asked[k] for k in QUESTION_TYPES if asked[k]}
+        for k, qa in enumerate(questions(scene, rng)):
+            yield f"{seed}-{i}-{k}", frame, qa
+
+
+def shapes_accuracy(results: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """(question type, expected, model text) triples → accuracy overall and per type (fractions)."""
+    right: dict[str, int] = defaultdict(int)
+    asked: dict[str, int] = defaultdict(int)
+    for kind, expected, text in results:
+        asked[kind] += 1
+        right[kind] += normalise(text) == expected
+    return {
+        "accuracy": sum(right.values()) / max(sum(asked.values()), 1),
+        "per_type": {k: right[k] / asked[k] for k in QUESTION_TYPES if asked[k]},
+        "counts": dict(asked),
+    }
+
+
+def evaluate_shapes(assistant: Assistant, n: int = 400, seed: int = 12345, max_new_tokens: int = 8) -> dict[str, Any]:
+    """Ask every applicable question about n new frames; accuracy overall and per question type."""
+    results, examples = [], []
+    for _, frame, qa in tqdm(shapes_items(n, seed), desc="shapes eval", unit="question"):
+        got = assistant.ask(frame, qa.question, max_new_tokens=max_new_tokens).text
+        results.append((qa.kind, qa.answer, got))
+        if normalise(got) != qa.answer and len(examples) < 20:
+            examples.append({"question": qa.question, "expected": qa.answer, "got": normalise(got)})
+    acc = shapes_accuracy(results)
+    per_type, asked = acc["per_type"], acc["counts"]
     return {
         "frames": n,
         "seed": seed,
         "questions": sum(asked.values()),
-        "accuracy": sum(right.values()) / max(sum(asked.values()), 1),
+        "accuracy": acc["accuracy"],
         "per_type": per_type,
         "counts": dict(asked),
         "wrong_examples": examples,

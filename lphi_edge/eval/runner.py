@@ -1,0 +1,213 @@
+"""`lphi-eval run`: answer a benchmark's questions with any backend, greedily, into LLaVA's answers JSONL.
+
+Reads the LLaVA-1.5 evaluation question files (JSONL: question_id, image, text[, category]; ScienceQA's
+JSON conversation list; the MMBench TSV); `shapes` generates its own frames. Adds the official prompt
+suffix where the question text lacks it. Each answer line is flushed as it is written; a rerun skips the
+question ids already answered (a line cut short by a kill is dropped first), so an interrupted run
+resumes without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lphi_edge.errors import ConfigError, EvalInputError
+from lphi_edge.eval.io import read_json, read_jsonl
+
+BENCHMARKS = ("vqav2", "gqa", "vizwiz", "sqa", "textvqa", "pope", "mme", "mmbench", "mmvet", "shapes")
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
+SUFFIX = {b: SHORT_ANSWER for b in ("vqav2", "gqa", "vizwiz", "textvqa", "pope")} | {
+    "sqa": MULTIPLE_CHOICE,
+    "mmbench": MULTIPLE_CHOICE,
+}
+MAX_NEW_TOKENS = {"mmvet": 1024}  # long-form answers; the rest are short (LLaVA's scripts use 128)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    benchmark: str
+    model: str
+    out: str
+    questions: str | None = None
+    images: str | None = None
+    limit: int | None = None
+    backend: str | None = None
+    device: str = "cpu"
+    on_bad: str = "error"  # error | skip (counted, listed in OUT.skipped.jsonl)
+    max_new_tokens: int | None = None
+    n: int = 400  # shapes: frames
+    seed: int = 12345  # shapes: generator seed
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise ConfigError(f"unknown benchmark {self.benchmark!r}: expected one of {BENCHMARKS}")
+        if self.benchmark != "shapes" and not (self.questions and self.images):
+            raise ConfigError(f"--benchmark {self.benchmark} needs --questions FILE and --images DIR")
+        if self.on_bad not in ("error", "skip"):
+            raise ConfigError(f"on_bad must be error or skip, got {self.on_bad!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be ≥ 1, got {self.limit}")
+
+
+@dataclass
+class Question:
+    question_id: Any
+    text: str  # what the model is asked (suffix included)
+    prompt: str  # what the answers file records (LLaVA's cur_prompt)
+    image: Any  # path or HxWx3 array (shapes) or None
+    where: str  # file:line, for errors
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def with_suffix(text: str, benchmark: str) -> str:
+    suffix = SUFFIX.get(benchmark)
+    return text if suffix is None or text.rstrip().endswith(suffix) else f"{text}\n{suffix}"
+
+
+def load_questions(cfg: RunConfig) -> Iterator[Question]:
+    if cfg.benchmark == "shapes":
+        from lphi_edge.eval.shapes import shapes_items
+
+        for qid, frame, qa in shapes_items(cfg.n, cfg.seed):
+            meta = {"type": qa.kind, "expected": qa.answer}
+            yield Question(qid, qa.question, qa.question, frame, f"shapes seed {cfg.seed}", meta)
+        return
+    path, images = Path(cfg.questions), Path(cfg.images)
+    if cfg.benchmark == "mmbench":
+        yield from _mmbench_questions(path, images)
+        return
+    if path.suffix == ".json":  # ScienceQA's LLaVA file: [{id, image?, conversations: [{value}]}]
+        for i, rec in enumerate(read_json(path)):
+            try:
+                text = rec["conversations"][0]["value"].replace("<image>", "").strip()
+            except (KeyError, IndexError, TypeError, AttributeError):
+                raise EvalInputError(f"{path}: record {i}: expected {{id, conversations: [{{value}}]}}") from None
+            asked = with_suffix(text, cfg.benchmark)
+            image = images / rec["image"] if rec.get("image") else None
+            prompt = ("<image>\n" if image else "") + asked
+            yield Question(rec.get("id", i), asked, prompt, image, f"{path}: record {i}")
+        return
+    for rec in read_jsonl(path, ("question_id", "text")):
+        asked = with_suffix(rec["text"], cfg.benchmark)
+        image = images / rec["image"] if rec.get("image") else None
+        meta = {"category": rec["category"]} if "category" in rec else {}
+        yield Question(rec["question_id"], asked, rec["text"], image, f"{path}: line {rec['_line']}", meta)
+
+
+def _mmbench_questions(path: Path, images: Path) -> Iterator[Question]:
+    """The MMBench TSV (images base64 in `image`, or files images/<index>.jpg)."""
+    from lphi_edge.eval.mmbench import LETTERS, read_mmbench
+
+    for index, row in read_mmbench(path).items():
+        question = row["question"]
+        hint = row.get("hint") or ""
+        if hint and hint.lower() != "nan":
+            question = f"{hint}\n{question}"
+        for c in LETTERS:
+            if row.get(c) and row[c].lower() != "nan":
+                question += f"\n{c}. {row[c]}"
+        asked = with_suffix(question, "mmbench")
+        image = _decode_b64(row["image"]) if len(row.get("image", "")) > 256 else images / f"{index}.jpg"
+        yield Question(index, asked, asked, image, f"{path}: index {index}", {"category": row.get("category")})
+
+
+def _decode_b64(data: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+def _answered(out: Path) -> set[Any]:
+    """Question ids already in OUT; a last line cut short by a kill is removed."""
+    if not out.is_file():
+        return set()
+    lines = out.read_text().splitlines(keepends=True)
+    good, done = [], set()
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+            if not line.endswith("\n"):
+                raise ValueError("unterminated")
+        except ValueError:
+            if i == len(lines) - 1:  # interrupted mid-write
+                logger.warning("%s: dropping the incomplete last line of an interrupted run", out)
+                break
+            raise EvalInputError(
+                f"{out}: line {i + 1}: not valid JSON; not resuming over a damaged answers file"
+            ) from None
+        good.append(line)
+        done.add(rec["question_id"])
+    if len(good) != len(lines):
+        out.write_text("".join(good))
+    return done
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Answer every question not answered yet; returns counts."""
+    from lphi_edge.assistant import Assistant
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _answered(out)
+    questions = list(load_questions(cfg))
+    if cfg.limit:
+        questions = questions[: cfg.limit]
+    todo = [q for q in questions if q.question_id not in done]
+    logger.info("%s: %d questions, %d already answered", cfg.benchmark, len(questions), len(questions) - len(todo))
+    assistant = Assistant.from_pretrained(cfg.model, backend=cfg.backend, device=cfg.device)
+    be = assistant.backend
+    model_id = Path(cfg.model).name if os.sep in cfg.model else cfg.model
+    max_new = cfg.max_new_tokens or MAX_NEW_TOKENS.get(cfg.benchmark, 128)
+    skipped = []
+    with open(out, "a") as f:
+        for q in tqdm(todo, desc=f"lphi-eval {cfg.benchmark}", unit="q"):
+            image = q.image
+            if isinstance(image, Path) and not image.is_file():
+                problem = f"{q.where}: image {image} not found"
+                if cfg.on_bad == "error":
+                    raise EvalInputError(f"{problem} (use --on-bad skip to count and skip such questions)")
+                skipped.append({"question_id": q.question_id, "reason": problem})
+                continue
+            ans = assistant.ask(image, q.text, max_new_tokens=max_new, temperature=0.0)
+            rec = {
+                "question_id": q.question_id,
+                "prompt": q.prompt,
+                "text": ans.text.strip(),
+                "answer_id": uuid.uuid4().hex[:22],
+                "model_id": model_id,
+                "metadata": {
+                    "benchmark": cfg.benchmark,
+                    "backend": be.name,
+                    "precision": be.precision,
+                    "device": be.device,
+                    **q.metadata,
+                },
+            }
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+    if skipped:
+        with open(out.with_suffix(".skipped.jsonl"), "a") as f:
+            f.writelines(json.dumps(s) + "\n" for s in skipped)
+        logger.warning("skipped %d question(s); listed in %s", len(skipped), out.with_suffix(".skipped.jsonl"))
+    return {
+        "questions": len(questions),
+        "answered_now": len(todo) - len(skipped),
+        "already_answered": len(questions) - len(todo),
+        "skipped": len(skipped),
+        "out": str(out),
+    }
