@@ -37,6 +37,8 @@ class GenerationConfig:
         top_k: keep the k most likely tokens; 0 disables.
         seed: RNG seed for sampling (None → fresh entropy).
         stop: stop strings; the answer ends before the first occurrence.
+        min_new_tokens: eos is masked out until this many tokens are generated (benchmarks use it to
+            time a fixed number of decode steps, as transformers' `min_new_tokens` does).
     """
 
     max_new_tokens: int = 128
@@ -45,6 +47,7 @@ class GenerationConfig:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -55,6 +58,8 @@ class GenerationConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer ≥ 0 (0 = off), got {self.top_k!r}")
+        if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(f"min_new_tokens must be an integer in 0..max_new_tokens, got {self.min_new_tokens!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
         if any(not s for s in self.stop):
             raise ConfigError("stop strings must be non-empty")
@@ -271,7 +276,15 @@ class Session:
         budget = min(config.max_new_tokens, spec.context_length - total + 1)  # never past the context
         finish = "length" if budget == config.max_new_tokens else "context"
         generated: list[int] = []
-        token = sampler(logits[0, -1])
+        eos = sorted(self.eos_token_ids)
+
+        def pick(row: np.ndarray) -> int:  # row: (V,) logits of the next token
+            if len(generated) < config.min_new_tokens and eos:
+                row = row.copy()
+                row[eos] = -np.inf
+            return sampler(row)
+
+        token = pick(logits[0, -1])
         t1 = time.perf_counter()
         timings.prefill_ms += (t1 - t0) * 1e3
         timings.ttft_ms = (t1 - t_start) * 1e3
@@ -290,7 +303,7 @@ class Session:
                 break
             if len(generated) >= budget:
                 break
-            token = sampler(self.step(token)[0, -1])
+            token = pick(self.step(token)[0, -1])
 
         piece, text = stream.finish(generated)
         if piece:

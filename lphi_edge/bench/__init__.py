@@ -1,0 +1,1 @@
+"""lphi-bench: per-stage latency of every backend next to plain transformers, with the hardware floor."""

@@ -1,0 +1,101 @@
+"""The benchmark's Markdown table and PNG (stacked stage bars per result)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STACK = ("preprocess", "vision", "prefill", "decode")
+
+
+COLUMNS = (
+    "result", "preprocess", "vision", "prefill", "TTFT", "decode/token", "tokens/s", "end to end",
+    "decode floor", "× baseline (decode / TTFT / vision)", "weights MB", "peak RSS MB",
+)  # fmt: skip
+EXTRAPOLATED = (
+    "result",
+    "decode/token ms",
+    "tokens/s",
+    "prefill ms",
+    "one frame → one-word answer ms",
+    "decode floor ms",
+)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, st = result["machine"], result["setting"]
+    rows = [*result["results"], *([result["baseline"]] if result["baseline"] else [])]
+    sp = result.get("speedup_vs_baseline") or {}
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['memory_gb']} GB{gpu}; "
+        f"measured copy bandwidth {m['memory_bandwidth_gbs']} GB/s, fp32 matmul {m['compute_gflops_fp32']} GFLOP/s.",
+        f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
+        f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.",
+        "",
+        _row(list(COLUMNS)),
+        _row(["---"] * len(COLUMNS)),
+    ]
+    for r in rows:
+        s, x = r["stages_ms"], sp.get(r["key"])
+        speed = f"{x['decode_per_token']}× / {x['ttft']}× / {x['vision']}×" if x else "—"
+        floor = f"{r['decode_floor_ms']:.2f} ({100 * r['floor_fraction']['decode']:.0f} %)"
+        cells = [f"{s[k]['p50']:.1f}" for k in ("preprocess", "vision", "prefill")]
+        lines.append(
+            _row(
+                [r["key"], *cells, f"{r['ttft_ms']['p50']:.1f}", f"{s['decode_per_token']['p50']:.2f}"]
+                + [f"{r['decode_tokens_per_s']:.1f}", f"{s['end_to_end']['p50']:.1f}", floor, speed]
+                + [f"{r['weights_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"]
+            )
+        )
+    ext = [r for r in rows if r.get("extrapolated_32_layers")]
+    if ext:
+        lines += ["", "**Extrapolated to full-size LLaVA-Phi (32 decoder layers)** — not measured whole:", ""]
+        lines += [_row(list(EXTRAPOLATED)), _row(["---"] * len(EXTRAPOLATED))]
+        for r in ext:
+            e = r["extrapolated_32_layers"]
+            lines.append(
+                _row(
+                    [r["key"], f"{e['decode_per_token_ms']:.1f}", f"{e['decode_tokens_per_s']:.1f}"]
+                    + [
+                        f"{e['prefill_ms']:.0f}",
+                        f"{e['one_frame_one_word_answer_ms']:.0f}",
+                        f"{e['decode_floor_ms']:.1f}",
+                    ]
+                )
+            )
+        lines += ["", ext[0]["extrapolated_32_layers"]["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], png: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [*result["results"], *([result["baseline"]] if result["baseline"] else [])]
+    n = result["setting"]["new_tokens"]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(rows)))
+    left = [0.0] * len(rows)
+    for stage in STACK:
+        key = "decode_per_token" if stage == "decode" else stage
+        vals = [r["stages_ms"][key]["p50"] * ((n - 1) if stage == "decode" else 1) for r in rows]
+        ax.barh(
+            [r["key"] for r in rows],
+            vals,
+            left=left,
+            label=f"{stage}" + (f" ({n - 1} tokens)" if stage == "decode" else ""),
+        )
+        left = [a + b for a, b in zip(left, vals)]
+    ax.set_xlabel("ms (p50)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title("lphi-bench: time per stage")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

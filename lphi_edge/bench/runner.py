@@ -1,0 +1,297 @@
+"""Measure every model in one process, interleaved after warm-up, next to the transformers baseline and the
+machine's floor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lphi_edge.bench.costs import PHI2_HIDDEN, PHI2_LAYERS, Arch
+from lphi_edge.bench.machine import compute_gflops, machine_info, memory_bandwidth_gbs, rss_mb
+from lphi_edge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+STAGES = ("preprocess", "vision", "prefill", "decode_per_token", "end_to_end")
+DEFAULT_PROMPT = "What is in front of the robot? Answer with one word."
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[str, ...]
+    backend: str | None = None
+    device: str = "cpu"
+    image: str | None = None
+    prompt: str = DEFAULT_PROMPT
+    new_tokens: int = 32
+    runs: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    baseline: str | None = None  # "hf"
+    synthetic_config: str | None = None
+    synthetic_exports: tuple[str, ...] = ()
+    work: str = ".cache/lphi-bench"
+
+    def __post_init__(self) -> None:
+        if not self.models and not self.synthetic_config:
+            raise ConfigError("give at least one --model (or --synthetic-config)")
+        if self.new_tokens < 2:
+            raise ConfigError(f"--new-tokens must be ≥ 2 (decode per token needs two), got {self.new_tokens}")
+        if self.runs < 1 or self.warmup < 0:
+            raise ConfigError(f"--runs must be ≥ 1 and --warmup ≥ 0, got {self.runs} / {self.warmup}")
+        if self.baseline not in (None, "hf"):
+            raise ConfigError(f"--baseline must be hf, got {self.baseline!r}")
+        bad = [p for p in self.synthetic_exports if p not in ("fp32", "fp16", "int8", "int4")]
+        if bad:
+            raise ConfigError(f"--synthetic-exports: unknown precision(s) {bad}: expected fp32, fp16, int8, int4")
+
+
+@dataclass
+class Target:
+    label: str
+    runner: Any  # Assistant or HFBaseline
+    backend: str
+    precision: str
+    device: str
+    model: str
+    load_s: float
+    weights_mb: float
+    decode_bytes: float  # weights read per decoded token
+    arch: Arch | None
+    samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "ttft")})
+    peak_rss_mb: float = 0.0
+    gpu_peak_mb: float | None = None
+
+
+def _checkpoint_arch(path: Path) -> Arch | None:
+    try:
+        from lphi_edge.model.config import LlavaPhiConfig
+
+        return Arch.from_config(LlavaPhiConfig.from_dir(path))
+    except Exception:  # noqa: BLE001 - runtime-only installs (no transformers) have no architecture costs
+        return None
+
+
+def load_target(model: str, cfg: BenchConfig) -> Target:
+    from lphi_edge.assistant import Assistant, resolve_model_dir
+    from lphi_edge.export.manifest import is_export_dir
+
+    path = resolve_model_dir(model, cfg.backend)
+    t0 = time.perf_counter()
+    assistant = Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device)
+    load_s = time.perf_counter() - t0
+    be = assistant.backend
+    if is_export_dir(path):
+        manifest = json.loads((path / "manifest.json").read_text())
+        files = manifest["files"]
+        weights = sum(f["bytes"] for f in files.values())
+        decode = sum(f["bytes"] for name, f in files.items() if name.startswith("decoder_model_merged"))
+        source = Path(manifest.get("source", {}).get("checkpoint", ""))
+        arch = _checkpoint_arch(source) if source.is_dir() else None
+    else:
+        params = dict(be.model.named_parameters())
+        nbytes = {k: p.numel() * p.element_size() for k, p in params.items()}
+        weights = sum(nbytes.values())
+        decode = sum(v for k, v in nbytes.items() if k.startswith("language_model.") and "embed_tokens" not in k)
+        arch = Arch.from_config(be.model.config)
+    label = f"{be.name}/{be.precision}"
+    return Target(label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch)
+
+
+def load_baseline(model: str, cfg: BenchConfig) -> Target:
+    from lphi_edge.assistant import resolve_model_dir
+    from lphi_edge.bench.hf import HFBaseline
+
+    path = resolve_model_dir(model)
+    t0 = time.perf_counter()
+    hf = HFBaseline(path, cfg.device)
+    load_s = time.perf_counter() - t0
+    params = dict(hf.model.named_parameters())
+    weights = sum(p.numel() * p.element_size() for p in params.values())
+    decode = sum(
+        p.numel() * p.element_size()
+        for k, p in params.items()
+        if k.startswith("language_model.") and "embed_tokens" not in k
+    )
+    arch = Arch.from_config(hf.model.config)
+    return Target(
+        "transformers/fp32", hf, "transformers", "fp32", cfg.device, str(model), load_s, weights / 2**20, decode, arch
+    )
+
+
+def _once(t: Target, image: np.ndarray, cfg: BenchConfig) -> dict[str, float]:
+    if t.backend == "transformers":
+        return t.runner.run(image, cfg.prompt, cfg.new_tokens)
+    t.runner.reset()  # no KV prefix or feature cache carried between runs
+    t0 = time.perf_counter()
+    ans = t.runner.ask(image, cfg.prompt, max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens)
+    e2e = (time.perf_counter() - t0) * 1e3
+    tm = ans.timings
+    return {
+        "preprocess": tm.preprocess_ms,
+        "vision": tm.vision_ms,
+        "prefill": tm.prefill_ms,
+        "ttft": tm.ttft_ms,
+        "decode_per_token": tm.decode_ms / max(tm.new_tokens - 1, 1),
+        "end_to_end": e2e,
+    }
+
+
+def _synthetic_models(cfg: BenchConfig) -> list[str]:
+    """The random-weight checkpoint `cfg.synthetic_config` (and its exports), made once under cfg.work."""
+    from lphi_edge.model.synthetic import write_synthetic_checkpoint
+
+    work = Path(cfg.work)
+    ckpt = work / cfg.synthetic_config
+    if not (ckpt / "config.json").is_file():
+        logger.info("writing synthetic checkpoint %s", ckpt)
+        write_synthetic_checkpoint(ckpt, cfg.synthetic_config)
+    out = [str(ckpt)]
+    flags = {"fp32": [], "fp16": ["--fp16"], "int8": ["--quant", "int8"], "int4": ["--quant", "int4"]}
+    for prec in cfg.synthetic_exports:
+        exp = work / f"{cfg.synthetic_config}-{prec}"
+        if not (exp / "manifest.json").is_file():
+            logger.info("exporting %s (%s)", exp, prec)
+            cmd = [str(Path(sys.executable).with_name("lphi-export")), str(ckpt), "--out", str(exp), "--overwrite"]
+            subprocess.run([*cmd, *flags[prec]], check=True)
+        out.append(str(exp))
+    return out
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs)
+    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
+    models = list(cfg.models) + (_synthetic_models(cfg) if cfg.synthetic_config else [])
+    image = _image(cfg.image)
+    targets = [load_target(m, cfg) for m in models]
+    baseline = None
+    if cfg.baseline == "hf":
+        ckpts = [t.model for t in targets if t.backend == "torch"] or [
+            str(Path(json.loads((Path(t.model) / "manifest.json").read_text())["source"]["checkpoint"]))
+            for t in targets
+        ]
+        baseline = load_baseline(ckpts[0], cfg)
+    everyone = targets + ([baseline] if baseline else [])
+    logger.info("measuring the machine's floor (copy and matmul tests)")
+    bandwidth, gflops = memory_bandwidth_gbs(), compute_gflops()
+    cuda = cfg.device == "cuda"
+    for r in tqdm(range(cfg.warmup + cfg.runs), desc="lphi-bench", unit="round"):
+        for t in everyone:  # interleaved: each round measures every model once
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            stages = _once(t, image, cfg)
+            t.peak_rss_mb = max(t.peak_rss_mb, rss_mb())
+            if cuda:
+                t.gpu_peak_mb = max(t.gpu_peak_mb or 0.0, torch.cuda.max_memory_allocated() / 2**20)
+            if r >= cfg.warmup:
+                for k, v in stages.items():
+                    t.samples[k].append(v)
+    prompt_positions = _prompt_positions(targets[0])
+    results = [_result(t, bandwidth, gflops, prompt_positions, cfg) for t in targets]
+    keys = [r["key"] for r in results]
+    for r in results:  # two models with one backend/precision: tell them apart by model
+        if keys.count(r["key"]) > 1:
+            r["key"] = f"{r['key']} ({Path(r['model']).name})"
+    base = _result(baseline, bandwidth, gflops, prompt_positions, cfg) if baseline else None
+    speedup = {}
+    if base:
+        for res in results:
+            key = res["key"]
+            speedup[key] = {
+                s: round(base["stages_ms"][s]["p50"] / max(res["stages_ms"][s]["p50"], 1e-9), 2) for s in STAGES
+            }
+            speedup[key]["ttft"] = round(base["ttft_ms"]["p50"] / max(res["ttft_ms"]["p50"], 1e-9), 2)
+    return {
+        "machine": machine_info(threads)
+        | {"memory_bandwidth_gbs": round(bandwidth, 2), "compute_gflops_fp32": round(gflops, 1)},
+        "command": " ".join(["lphi-bench", *sys.argv[1:]]) if sys.argv[0].endswith("lphi-bench") else None,
+        "setting": {
+            "prompt": cfg.prompt,
+            "image": cfg.image or "lphi_edge/assets/sample_frame.png",
+            "new_tokens": cfg.new_tokens,
+            "runs": cfg.runs,
+            "warmup": cfg.warmup,
+            "prompt_positions": prompt_positions,
+            "synthetic_config": cfg.synthetic_config,
+            "interleaved": True,
+        },
+        "results": results,
+        "baseline": base,
+        "speedup_vs_baseline": speedup or None,
+    }
+
+
+def _image(path: str | None) -> np.ndarray:
+    from PIL import Image
+
+    p = Path(path) if path else Path(__file__).resolve().parents[1] / "assets" / "sample_frame.png"
+    with Image.open(p) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _prompt_positions(t: Target) -> int:
+    a = t.runner
+    text = a.template.prompt([(DEFAULT_PROMPT, None)], image=True)
+    return len(a.tokenizer.encode_prompt(text)) - 1 + a.backend.spec.image_tokens
+
+
+def _result(t: Target, bandwidth: float, gflops: float, positions: int, cfg: BenchConfig) -> dict[str, Any]:
+    stages = {s: _pct(t.samples[s]) for s in STAGES}
+    decode_floor = t.decode_bytes / (bandwidth * 1e9) * 1e3
+    res: dict[str, Any] = {
+        "key": t.label,
+        "model": t.model,
+        "backend": t.backend,
+        "precision": t.precision,
+        "device": t.device,
+        "stages_ms": stages,
+        "ttft_ms": _pct(t.samples["ttft"]),
+        "decode_tokens_per_s": round(1e3 / stages["decode_per_token"]["p50"], 2),
+        "peak_rss_mb": round(t.peak_rss_mb, 1),
+        "gpu_peak_mb": None if t.gpu_peak_mb is None else round(t.gpu_peak_mb, 1),
+        "weights_mb": round(t.weights_mb, 1),
+        "load_s": round(t.load_s, 2),
+        "decode_floor_ms": round(decode_floor, 3),
+        "vision_floor_ms": None,
+        "prefill_floor_ms": None,
+        "floor_fraction": {"decode": round(decode_floor / stages["decode_per_token"]["p50"], 3)},
+        "extrapolated_32_layers": None,
+    }
+    if t.arch is not None:
+        vf, pf = t.arch.vision_flops() / (gflops * 1e9) * 1e3, t.arch.prefill_flops(positions) / (gflops * 1e9) * 1e3
+        res["vision_floor_ms"], res["prefill_floor_ms"] = round(vf, 2), round(pf, 2)
+        res["floor_fraction"] |= {
+            "vision": round(vf / stages["vision"]["p50"], 3),
+            "prefill": round(pf / stages["prefill"]["p50"], 3),
+        }
+        if t.arch.text_hidden == PHI2_HIDDEN and t.arch.text_layers < PHI2_LAYERS:  # a phi2-Nl synthetic model
+            f = t.arch.full_size_factors(positions)
+            decode = stages["decode_per_token"]["p50"] * f["decode"]
+            prefill = stages["prefill"]["p50"] * f["prefill"]
+            one_word = stages["preprocess"]["p50"] + stages["vision"]["p50"] + prefill
+            res["extrapolated_32_layers"] = {
+                "note": f"EXTRAPOLATED from {t.arch.text_layers} measured decoder layers: decode × weight ratio "
+                f"{f['decode']:.2f}, prefill × FLOP ratio {f['prefill']:.2f}; vision is the full encoder, measured",
+                "decode_per_token_ms": round(decode, 2),
+                "decode_tokens_per_s": round(1e3 / decode, 2),
+                "prefill_ms": round(prefill, 1),
+                "one_frame_one_word_answer_ms": round(one_word, 1),
+                "decode_floor_ms": round(decode_floor * f["decode"], 3),
+            }
+    return res

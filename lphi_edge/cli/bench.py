@@ -1,0 +1,76 @@
+"""lphi-bench: per-stage latency (preprocess, vision, prefill, decode, end to end) of one or more models
+in one process, next to transformers' eager generate() and the machine's floor.
+
+    lphi-bench --model ckpt/ --model export-int4/ --baseline hf --json out.json --markdown out.md --plot out.png
+    lphi-bench --synthetic-config phi2-2l --synthetic-exports fp16,int8,int4 --baseline hf --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lphi_edge.cli._common import run, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lphi-bench", description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", default=[], help="checkpoint or export directory (repeatable)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), help="default: from each model")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--image", help="frame to ask about (default: the shipped sample frame)")
+    p.add_argument("--prompt", help="question (default: a one-word question)")
+    p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run (eos masked until then)")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads (default: all cores)")
+    p.add_argument("--baseline", choices=("hf",), help="also run transformers' eager generate() on the checkpoint")
+    p.add_argument("--synthetic-config", help="random-weight model at real widths, e.g. phi2-2l (2 decoder layers)")
+    p.add_argument("--synthetic-exports", default="", help="exports of it to build and measure, e.g. fp16,int8,int4")
+    p.add_argument("--work", default=".cache/lphi-bench", help="where synthetic models and exports are kept")
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--markdown", help="write the table here")
+    p.add_argument("--plot", help="write the stacked stage bars here (PNG)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def _main() -> int:
+        from lphi_edge.bench.report import markdown, plot
+        from lphi_edge.bench.runner import DEFAULT_PROMPT, BenchConfig, run_bench
+
+        cfg = BenchConfig(
+            models=tuple(args.model),
+            backend=args.backend,
+            device=args.device,
+            image=args.image,
+            prompt=args.prompt or DEFAULT_PROMPT,
+            new_tokens=args.new_tokens,
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=args.threads,
+            baseline=args.baseline,
+            synthetic_config=args.synthetic_config,
+            synthetic_exports=tuple(x for x in args.synthetic_exports.split(",") if x),
+            work=args.work,
+        )
+        result = run_bench(cfg)
+        result["command"] = " ".join(["lphi-bench", *(argv if argv is not None else sys.argv[1:])])
+        table = markdown(result)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        if args.markdown:
+            Path(args.markdown).write_text(table)
+        if args.plot:
+            plot(result, args.plot)
+        print(table, end="")
+        return 0
+
+    return run("lphi-bench", _main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""lphi-bench on tiny models: the JSON contract, speed-ups against the transformers baseline, floors,
+extrapolation labels, Markdown and PNG; the cost model against hand counts; bad arguments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lphi_edge.bench.costs import Arch
+from lphi_edge.bench.runner import BenchConfig
+from lphi_edge.errors import ConfigError
+
+EXE = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exp") / "int8"
+    subprocess.run(
+        [str(EXE / "lphi-export"), str(tiny_ckpt), "--out", str(out), "--quant", "int8", "--no-verify"],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [str(EXE / "lphi-bench"), "--model", str(tiny_ckpt), "--model", str(tiny_int8), "--baseline", "hf"]
+    cmd += ["--runs", "3", "--new-tokens", "6", "--threads", "1", "--json", str(out)]
+    cmd += ["--markdown", str(tmp_path / "bench.md"), "--plot", str(tmp_path / "bench.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    m = r["machine"]
+    for key in ("cpu", "cores", "threads", "gpu", "memory_gb", "memory_bandwidth_gbs", "libraries"):
+        assert key in m, key
+    assert m["threads"] == 1 and m["memory_bandwidth_gbs"] > 0.1 and m["libraries"]["torch"].startswith("2.13.0")
+    assert [x["backend"] for x in r["results"]] == ["torch", "onnxruntime"]
+    assert [x["precision"] for x in r["results"]] == ["fp32", "int8"]
+    for res in [*r["results"], r["baseline"]]:
+        for stage in ("preprocess", "vision", "prefill", "decode_per_token", "end_to_end"):
+            p = res["stages_ms"][stage]
+            assert 0 < p["p50"] <= p["p90"] <= p["p99"], (res["key"], stage)
+        assert res["decode_tokens_per_s"] == pytest.approx(1e3 / res["stages_ms"]["decode_per_token"]["p50"], rel=0.01)
+        assert res["peak_rss_mb"] > 50 and res["weights_mb"] > 0 and res["decode_floor_ms"] > 0
+        assert res["extrapolated_32_layers"] is None  # tiny widths: nothing to extrapolate to
+        assert res["vision_floor_ms"] > 0 and 0 < res["floor_fraction"]["decode"]
+    assert r["baseline"]["backend"] == "transformers" and r["baseline"]["precision"] == "fp32"
+    sp = r["speedup_vs_baseline"]
+    assert set(sp) == {"torch/fp32", "onnxruntime/int8"}
+    base, torch_res = r["baseline"]["stages_ms"], r["results"][0]["stages_ms"]
+    assert sp["torch/fp32"]["decode_per_token"] == pytest.approx(
+        base["decode_per_token"]["p50"] / torch_res["decode_per_token"]["p50"], rel=0.02
+    )
+    table = (tmp_path / "bench.md").read_text()
+    assert "| torch/fp32 |" in table and "| transformers/fp32 |" in table and "GB/s" in table
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cost_model_matches_hand_counts():
+    from lphi_edge.model.synthetic import synthetic_config
+
+    a = Arch.from_config(synthetic_config("phi2-2l"))
+    assert (a.text_hidden, a.text_ffn, a.vision_tokens, a.vision_layers_run) == (2560, 10240, 577, 23)
+    assert a.layer_params() == 4 * 2560**2 + 2 * 2560 * 10240
+    full = a.decode_params(32)
+    assert 2.5e9 < full < 2.8e9  # Phi-2: 2.7 B parameters, minus the embedding table
+    assert 3.5e11 < a.vision_flops() < 4.5e11  # ViT-L/14-336 to layer 23 + projector, ~0.4 TFLOP
+    f = a.full_size_factors(640)
+    assert f["decode"] == pytest.approx(full / a.decode_params())
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ConfigError, match="--new-tokens must be ≥ 2"):
+        BenchConfig(models=("m",), new_tokens=1)
+    with pytest.raises(ConfigError, match="give at least one --model"):
+        BenchConfig(models=())
+    with pytest.raises(ConfigError, match=r"unknown precision\(s\) \['int2'\]"):
+        BenchConfig(models=("m",), synthetic_exports=("int2",))
+    proc = subprocess.run([str(EXE / "lphi-bench"), "--model", "/no/such"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "model not found" in proc.stderr
