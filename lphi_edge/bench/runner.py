@@ -22,6 +22,13 @@ from lphi_edge.errors import ConfigError
 logger = logging.getLogger(__name__)
 STAGES = ("preprocess", "vision", "prefill", "decode_per_token", "end_to_end")
 DEFAULT_PROMPT = "What is in front of the robot? Answer with one word."
+EXPORT_FLAGS = {
+    "fp32": [],
+    "fp16": ["--fp16"],
+    "int8": ["--quant", "int8"],
+    "int4": ["--quant", "int4"],
+    "int8-vision": ["--quant", "int8", "--quant-vision"],  # the vision encoder's MatMuls in int8 too
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,11 @@ class BenchConfig:
     synthetic_config: str | None = None
     synthetic_exports: tuple[str, ...] = ()
     work: str = ".cache/lphi-bench"
+    torch_dtypes: tuple[str, ...] = ("fp32",)  # each checkpoint is measured in each
 
     def __post_init__(self) -> None:
+        if not self.torch_dtypes or any(d not in ("fp32", "fp16", "bf16") for d in self.torch_dtypes):
+            raise ConfigError(f"--torch-dtypes must name fp32 / fp16 / bf16, got {self.torch_dtypes}")
         if not self.models and not self.synthetic_config:
             raise ConfigError("give at least one --model (or --synthetic-config)")
         if self.new_tokens < 2:
@@ -49,9 +59,9 @@ class BenchConfig:
             raise ConfigError(f"--runs must be ≥ 1 and --warmup ≥ 0, got {self.runs} / {self.warmup}")
         if self.baseline not in (None, "hf"):
             raise ConfigError(f"--baseline must be hf, got {self.baseline!r}")
-        bad = [p for p in self.synthetic_exports if p not in ("fp32", "fp16", "int8", "int4")]
+        bad = [p for p in self.synthetic_exports if p not in EXPORT_FLAGS]
         if bad:
-            raise ConfigError(f"--synthetic-exports: unknown precision(s) {bad}: expected fp32, fp16, int8, int4")
+            raise ConfigError(f"--synthetic-exports: unknown precision(s) {bad}: expected some of {list(EXPORT_FLAGS)}")
 
 
 @dataclass
@@ -80,13 +90,23 @@ def _checkpoint_arch(path: Path) -> Arch | None:
         return None
 
 
-def load_target(model: str, cfg: BenchConfig) -> Target:
+def load_targets(model: str, cfg: BenchConfig) -> list[Target]:
+    """An export directory: one target; a checkpoint: one per torch dtype."""
+    from lphi_edge.assistant import resolve_model_dir
+    from lphi_edge.export.manifest import is_export_dir
+
+    if is_export_dir(resolve_model_dir(model, cfg.backend)):
+        return [load_target(model, cfg)]
+    return [load_target(model, cfg, dtype) for dtype in cfg.torch_dtypes]
+
+
+def load_target(model: str, cfg: BenchConfig, dtype: str | None = None) -> Target:
     from lphi_edge.assistant import Assistant, resolve_model_dir
     from lphi_edge.export.manifest import is_export_dir
 
     path = resolve_model_dir(model, cfg.backend)
     t0 = time.perf_counter()
-    assistant = Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device)
+    assistant = Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device, dtype=dtype)
     load_s = time.perf_counter() - t0
     be = assistant.backend
     if is_export_dir(path):
@@ -155,13 +175,12 @@ def _synthetic_models(cfg: BenchConfig) -> list[str]:
         logger.info("writing synthetic checkpoint %s", ckpt)
         write_synthetic_checkpoint(ckpt, cfg.synthetic_config)
     out = [str(ckpt)]
-    flags = {"fp32": [], "fp16": ["--fp16"], "int8": ["--quant", "int8"], "int4": ["--quant", "int4"]}
     for prec in cfg.synthetic_exports:
         exp = work / f"{cfg.synthetic_config}-{prec}"
         if not (exp / "manifest.json").is_file():
             logger.info("exporting %s (%s)", exp, prec)
             cmd = [str(Path(sys.executable).with_name("lphi-export")), str(ckpt), "--out", str(exp), "--overwrite"]
-            subprocess.run([*cmd, *flags[prec]], check=True)
+            subprocess.run([*cmd, *EXPORT_FLAGS[prec]], check=True)
         out.append(str(exp))
     return out
 
@@ -179,7 +198,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     threads = torch.get_num_threads()
     models = list(cfg.models) + (_synthetic_models(cfg) if cfg.synthetic_config else [])
     image = _image(cfg.image)
-    targets = [load_target(m, cfg) for m in models]
+    targets = [t for m in models for t in load_targets(m, cfg)]
     baseline = None
     if cfg.baseline == "hf":
         ckpts = [t.model for t in targets if t.backend == "torch"] or [

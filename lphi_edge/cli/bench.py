@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads (default: all cores)")
     p.add_argument("--baseline", choices=("hf",), help="also run transformers' eager generate() on the checkpoint")
     p.add_argument("--synthetic-config", help="random-weight model at real widths, e.g. phi2-2l (2 decoder layers)")
-    p.add_argument("--synthetic-exports", default="", help="exports of it to build and measure, e.g. fp16,int8,int4")
+    p.add_argument(
+        "--synthetic-exports", default="", help="exports of it to build and measure: fp32,fp16,int8,int4,int8-vision"
+    )
     p.add_argument("--work", default=".cache/lphi-bench", help="where synthetic models and exports are kept")
+    p.add_argument("--torch-dtypes", default="fp32", help="dtypes to run checkpoints in, e.g. fp32,bf16")
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--markdown", help="write the table here")
     p.add_argument("--plot", help="write the stacked stage bars here (PNG)")
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             synthetic_config=args.synthetic_config,
             synthetic_exports=tuple(x for x in args.synthetic_exports.split(",") if x),
             work=args.work,
+            torch_dtypes=tuple(x for x in args.torch_dtypes.split(",") if x),
         )
         result = run_bench(cfg)
         result["command"] = " ".join(["lphi-bench", *(argv if argv is not None else sys.argv[1:])])
