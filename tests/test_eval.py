@@ -334,3 +334,29 @@ def test_shapes_torch_vs_int4_reports_the_drop(tmp_path):
     text = md.read_text()
     assert "| vqav2 | VQAv2 accuracy % | 71.4 | — |" in text and "| shapes |" in text
     assert json.loads(j.read_text())["rows"]
+
+
+def test_mme_answers_convert_to_the_official_results_directory(tmp_path):
+    release = tmp_path / "MME_Benchmark_release_version"
+    answers = []
+    for names in SUBTASKS.values():
+        for name in names:
+            qa = release / name / "questions_answers_YN" if name == "existence" else release / name
+            qa.mkdir(parents=True, exist_ok=True)
+            if name == "existence":
+                (release / name / "images").mkdir()
+            (qa / "0001.txt").write_text(
+                "Is it red? Please answer yes or no.\tYes\nIs it blue? Please answer yes or no.\tNo\n"
+            )
+            for q, a in (("Is it red?", "Yes"), ("Is it blue?", "No" if name != "OCR" else "Yes")):
+                prompt = f"{q}\n{SHORT_ANSWER}" if name == "count" else f"{q} Please answer yes or no."
+                answers.append({"question_id": f"{name}/0001.png", "prompt": prompt, "text": a})
+    ans = jsonl(tmp_path / "mme.jsonl", answers)
+    s = score("mme", Inputs(answers=str(ans), annotations=str(release), results_dir=str(tmp_path / "results")))
+    assert s["metrics"]["subtasks"]["OCR"] == 50.0 and s["metrics"]["subtasks"]["count"] == 200.0
+    assert s["metrics"]["perception"] == 9 * 200.0 + 50.0 and s["headline"]["paper"] == 1335.1
+    line = (tmp_path / "results" / "count.txt").read_text().splitlines()[0]
+    assert line == "0001.txt\tIs it red? Please answer yes or no.\tYes\tYes"
+    bad = jsonl(tmp_path / "bad.jsonl", [{"question_id": "count/0009.png", "prompt": "Is it?", "text": "Yes"}])
+    with pytest.raises(EvalInputError, match=r"bad.jsonl: line 1: no ground truth for count/0009.txt"):
+        score("mme", Inputs(answers=str(bad), annotations=str(release)))

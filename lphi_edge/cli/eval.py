@@ -25,10 +25,10 @@ def _scorer_flags(p: argparse.ArgumentParser, answers: bool = True) -> None:
     if answers:
         p.add_argument("--answers", help="answers JSONL (LLaVA's format)")
     p.add_argument("--questions", help="question file (POPE, VizWiz, GQA, MMBench; VQAv2 submission)")
-    p.add_argument("--annotations", help="annotation file (TextVQA, VQAv2, VizWiz) or directory (POPE)")
+    p.add_argument("--annotations", help="annotation file (TextVQA, VQAv2, VizWiz) or directory (POPE, MME release)")
     p.add_argument("--problems-dir", help="ScienceQA: directory with problems.json and pid_splits.json")
     p.add_argument("--split", default="test", help="ScienceQA split (default test)")
-    p.add_argument("--results-dir", help="MME: directory of the 14 <subtask>.txt files")
+    p.add_argument("--results-dir", help="MME: directory of the 14 <subtask>.txt files (written there from --answers)")
     p.add_argument("--circular", action="store_true", help="MMBench: circular accuracy over rotated rounds")
 
 

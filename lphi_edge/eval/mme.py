@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lphi_edge.errors import EvalInputError
+from lphi_edge.eval.io import at, read_jsonl
 
 SUBTASKS = {
     "perception": [
@@ -63,4 +64,47 @@ def score_mme(results_dir: str | Path) -> dict[str, Any]:
             out["subtasks"][name] = score
             total += score
         out[group] = total
+    return out
+
+
+def mme_ground_truth(mme_dir: str | Path) -> dict[tuple[str, str, str], str]:
+    """(category, <image stem>.txt, question) → Yes/No from MME_Benchmark_release_version (both layouts:
+    <category>/questions_answers_YN/*.txt, or the .txt files beside the images)."""
+    gt = {}
+    root = Path(mme_dir)
+    if not root.is_dir():
+        raise EvalInputError(f"{root}: expected the MME_Benchmark_release_version directory")
+    for cat in sorted(d for d in root.iterdir() if d.is_dir()):
+        qa = cat / "questions_answers_YN" if (cat / "images").is_dir() else cat
+        for f in sorted(qa.glob("*.txt")):
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                parts = line.strip().split("\t")
+                if len(parts) != 2:
+                    raise EvalInputError(f"{f}: line {n}: expected 'question<TAB>Yes|No'")
+                gt[(cat.name, f.name, parts[0])] = parts[1]
+    return gt
+
+
+def write_mme_results(answers: str | Path, mme_dir: str | Path, out_dir: str | Path) -> Path:
+    """LLaVA's convert_answer_to_mme.py: answers JSONL (question_id = <category>/<image>) → the results
+    directory calculation.py reads, with the ground truth looked up in the MME release."""
+    gt = mme_ground_truth(mme_dir)
+    short = "Answer the question using a single word or phrase."
+    per_category: dict[str, list[str]] = {}
+    for rec in read_jsonl(answers, ("question_id", "prompt", "text")):
+        category = str(rec["question_id"]).split("/")[0]
+        file = str(rec["question_id"]).split("/")[-1].split(".")[0] + ".txt"
+        prompt = rec["prompt"].replace(short, "").strip() if short in rec["prompt"] else rec["prompt"]
+        if "Please answer yes or no." not in prompt:
+            prompt += " Please answer yes or no."
+            if (category, file, prompt) not in gt:
+                prompt = prompt.replace(" Please answer yes or no.", "  Please answer yes or no.")
+        if (category, file, prompt) not in gt:
+            raise EvalInputError(f"{at(answers, rec)}: no ground truth for {category}/{file} question {prompt!r}")
+        line = "\t".join((file, prompt, gt[(category, file, prompt)], rec["text"]))
+        per_category.setdefault(category, []).append(line + "\n")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for category, lines in per_category.items():
+        (out / f"{category}.txt").write_text("".join(lines))
     return out

@@ -48,6 +48,20 @@ def _shapes(i: Inputs) -> dict[str, Any]:
     return shapes_accuracy(results) | {"samples": len(results)}
 
 
+def _mme_results(i: Inputs) -> str:
+    """The results directory: given (--results-dir), or converted from --answers + --annotations (the MME
+    release) into --results-dir or a temporary one."""
+    if i.answers and i.annotations:
+        import tempfile
+
+        return str(mme.write_mme_results(i.answers, i.annotations, i.results_dir or tempfile.mkdtemp(prefix="mme-")))
+    if i.results_dir:
+        return i.results_dir
+    raise ConfigError(
+        "--benchmark mme needs --results-dir, or --answers with --annotations MME_Benchmark_release_version"
+    )
+
+
 # benchmark → (inputs it needs, scorer)
 SCORERS: dict[str, tuple[tuple[str, ...], Callable[[Inputs], dict[str, Any]]]] = {
     "pope": (("questions", "answers", "annotations"), lambda i: pope.score_pope(i.questions, i.answers, i.annotations)),
@@ -59,7 +73,7 @@ SCORERS: dict[str, tuple[tuple[str, ...], Callable[[Inputs], dict[str, Any]]]] =
         lambda i: vqa.score_vizwiz(i.annotations, i.questions, i.answers),
     ),
     "gqa": (("questions", "answers"), lambda i: gqa.score_gqa(i.questions, i.answers)),
-    "mme": (("results_dir",), lambda i: mme.score_mme(i.results_dir)),
+    "mme": ((), lambda i: mme.score_mme(_mme_results(i))),
     "mmbench": (("questions", "answers"), lambda i: mmbench.score_mmbench(i.questions, i.answers, i.circular)),
     "mmvet": (("answers",), lambda i: mmvet.mmvet_submission(i.answers)),
     "shapes": (("answers",), _shapes),
