@@ -20,3 +20,14 @@ def test_shapes_demo_resolves_by_name_and_is_small():
 def test_shapes_demo_answers_fresh_frames():
     result = evaluate_shapes(Assistant.from_pretrained("shapes-demo"), n=40, seed=2024)
     assert result["accuracy"] >= 0.6  # measured 0.743 on 400 frames (benchmarks/results/shapes_demo_eval.json), result
+
+
+def test_shipped_onnx_export_answers_like_the_checkpoint():
+    """`shapes-demo` with backend onnxruntime resolves to the shipped fp32 export of the same weights."""
+    from lphi_edge.eval.shapes import shapes_items
+
+    torch_a = Assistant.from_pretrained("shapes-demo")
+    onnx_a = Assistant.from_pretrained("shapes-demo", backend="onnxruntime")
+    assert onnx_a.backend.name == "onnxruntime" and onnx_a.backend.precision == "fp32"
+    for _, frame, qa in list(shapes_items(8, seed=31)):
+        assert onnx_a.ask(frame, qa.question).text == torch_a.ask(frame, qa.question).text, qa.question

@@ -30,7 +30,7 @@ class TrainConfig:
         max_length: positions per sample (text + image tokens); longer samples are bad samples.
         bf16: autocast bf16 compute. gradient_checkpointing: recompute activations in backward.
         unfreeze_vision: finetune the vision tower too (stage 2 option).
-        save_every: optimizer steps between resumable checkpoints (0: only at the end).
+        save_every: optimizer steps between resumable checkpoints (0: only at the end; the end always gets one).
         on_bad_sample: error (stop naming the record) | skip (count and report).
         seed / log_every / threads: reproducibility, logging period, torch CPU threads (0: default).
         device: auto (CUDA when torch sees it) | cpu | cuda. Under torchrun every process takes the GPU of

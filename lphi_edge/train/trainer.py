@@ -290,7 +290,7 @@ def train(config: TrainConfig) -> Path:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
             t_last, tokens, samples, losses = now, 0, 0, []
-        if config.save_every and state["step"] % config.save_every == 0 and state["step"] < total:
+        if state["step"] == total or (config.save_every and state["step"] % config.save_every == 0):
             _save_state(ckpt_dir, model, optimizer, scheduler, state, ctx)
     bar.close()
     trained, _ = full_state_dicts(model)  # every rank takes part in the gather
