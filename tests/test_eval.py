@@ -360,3 +360,30 @@ def test_mme_answers_convert_to_the_official_results_directory(tmp_path):
     bad = jsonl(tmp_path / "bad.jsonl", [{"question_id": "count/0009.png", "prompt": "Is it?", "text": "Yes"}])
     with pytest.raises(EvalInputError, match=r"bad.jsonl: line 1: no ground truth for count/0009.txt"):
         score("mme", Inputs(answers=str(bad), annotations=str(release)))
+
+
+def test_mmbench_single_pass_circular_and_sheet(tmp_path):
+    tsv = tmp_path / "mmbench_dev.tsv"
+    tsv.write_text(
+        "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\n"
+        "1\tWhich is red?\tnan\tapple\tsky\tgrass\tsea\tA\tcolor\n"
+        "2\tHow many?\tCount them.\tone\ttwo\tthree\tfour\tC\tcount\n"
+    )
+    rounds = [
+        {"question_id": 1, "round_id": 0, "text": "A", "options": ["apple", "sky", "grass", "sea"]},
+        {"question_id": 1, "round_id": 1, "text": "D", "options": ["sky", "grass", "sea", "apple"]},
+        {"question_id": 2, "round_id": 0, "text": "C. three", "options": ["one", "two", "three", "four"]},
+        {"question_id": 2, "round_id": 1, "text": "C", "options": ["two", "three", "four", "one"]},  # wrong
+    ]
+    answers = jsonl(tmp_path / "a.jsonl", rounds)
+    s = score("mmbench", Inputs(questions=str(tsv), answers=str(answers), circular=True))
+    assert s["metrics"]["accuracy"] == 100.0 and s["metrics"]["circular_accuracy"] == 50.0
+    assert [r["prediction"] for r in s["files"]["submission"]] == ["A", "C. three"]
+    from lphi_edge.cli.eval import _write_sheet
+
+    _write_sheet(tmp_path / "sheet.tsv", s["files"]["submission"])
+    assert (tmp_path / "sheet.tsv").read_text().splitlines()[0].endswith("\tprediction")
+    from lphi_edge.eval.runner import _mmbench_questions
+
+    qs = list(_mmbench_questions(tsv, tmp_path))
+    assert qs[1].text == f"Count them.\nHow many?\nA. one\nB. two\nC. three\nD. four\n{MULTIPLE_CHOICE}"
