@@ -9,6 +9,7 @@ Rerunning the same command resumes from the newest checkpoint in OUT/checkpoints
 from __future__ import annotations
 
 import argparse
+import os
 
 from lphi_edge.cli._common import run, setup_logging
 
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             image_folder=args.image_folder,
             out=args.out,
         )
-        print(f"wrote {train(config)}")
+        final = train(config)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote it
+            print(f"wrote {final}")
         return 0
 
     return run("lphi-train", _main)
