@@ -37,7 +37,7 @@ def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     m = r["machine"]
-    for key in ("cpu", "cores", "threads", "gpu", "memory_gb", "memory_bandwidth_gbs", "libraries"):
+    for key in ("cpu", "cores", "threads", "gpu", "memory", "memory_bandwidth_gbs", "libraries"):
         assert key in m, key
     assert m["threads"] == 1 and m["memory_bandwidth_gbs"] > 0.1 and m["libraries"]["torch"].startswith("2.13.0")
     assert [x["backend"] for x in r["results"]] == ["torch", "onnxruntime"]

@@ -35,7 +35,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
         "gpu": None,
         "python": platform.python_version(),
         "libraries": {n: _version(n) for n in ("lphi-edge", "torch", "transformers", "onnxruntime", "numpy")},
