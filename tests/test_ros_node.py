@@ -121,7 +121,7 @@ _COUNT = iter(range(1000))
 
 def start_node(*ros_args: str) -> tuple[subprocess.Popen, Harness]:
     """A vqa_node in its own namespace (its own prompt / image / answer topics) and the test's harness there."""
-    ns = f"/t{next(_COUNT)}"
+    ns = f"/t{os.getpid()}_{next(_COUNT)}"
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(
         [str(EXE / "lphi-vqa-node"), "--ros-args", "-r", f"__ns:={ns}", *ros_args],
