@@ -67,12 +67,13 @@ def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
     return 2 * n * 4 / best / 1e9
 
 
-def compute_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 matmul rate (GFLOP/s) at the current thread count."""
+def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32") -> float:
+    """Best matmul rate (GFLOP/s) at the current thread count, in fp32 or (torch only) bf16."""
     try:
         import torch
 
-        a, b = torch.randn(size, size), torch.randn(size, size)
+        dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+        a, b = torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt)
         mm = lambda: torch.mm(a, b)  # noqa: E731
     except ImportError:
         a, b = np.random.rand(size, size).astype(np.float32), np.random.rand(size, size).astype(np.float32)

@@ -33,7 +33,8 @@ def markdown(result: dict[str, Any]) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['memory']}{gpu}; "
-        f"measured copy bandwidth {m['memory_bandwidth_gbs']} GB/s, fp32 matmul {m['compute_gflops_fp32']} GFLOP/s.",
+        f"measured copy bandwidth {m['memory_bandwidth_gbs']} GB/s, matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
+        f"{m['compute_gflops_bf16']} bf16 (vision and prefill floors use the faster).",
         f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
         f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.",
         "",

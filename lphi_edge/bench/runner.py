@@ -208,7 +208,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         baseline = load_baseline(ckpts[0], cfg)
     everyone = targets + ([baseline] if baseline else [])
     logger.info("measuring the machine's floor (copy and matmul tests)")
-    bandwidth, gflops = memory_bandwidth_gbs(), compute_gflops()
+    bandwidth, fp32_gflops, bf16_gflops = memory_bandwidth_gbs(), compute_gflops(), compute_gflops(dtype="bf16")
+    gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
     cuda = cfg.device == "cuda"
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="lphi-bench", unit="round"):
         for t in everyone:  # interleaved: each round measures every model once
@@ -238,7 +239,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             speedup[key]["ttft"] = round(base["ttft_ms"]["p50"] / max(res["ttft_ms"]["p50"], 1e-9), 2)
     return {
         "machine": machine_info(threads)
-        | {"memory_bandwidth_gbs": round(bandwidth, 2), "compute_gflops_fp32": round(gflops, 1)},
+        | {
+            "memory_bandwidth_gbs": round(bandwidth, 2),
+            "compute_gflops_fp32": round(fp32_gflops, 1),
+            "compute_gflops_bf16": round(bf16_gflops, 1),
+        },
         "command": " ".join(["lphi-bench", *sys.argv[1:]]) if sys.argv[0].endswith("lphi-bench") else None,
         "setting": {
             "prompt": cfg.prompt,
