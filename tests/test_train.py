@@ -330,3 +330,23 @@ def test_qlora_is_refused_clearly_where_it_cannot_run(tiny_ckpt, shapes, tmp_pat
     with pytest.raises(ConfigError, match="qlora needs a CUDA device"):
         train(cfg)
     assert not (tmp_path / "o" / "model").exists()
+
+
+def test_vision_pretraining_trains_the_tower_from_scene_labels(tiny_ckpt, tmp_path):
+    from lphi_edge.model.checkpoint import load_checkpoint, processor_config
+    from lphi_edge.processing.image import ImageProcessor
+    from lphi_edge.train.vision_pretrain import LABELS, PAIRS, load_labels, pretrain_vision
+
+    data = write_shapes_dataset(tmp_path / "d", n=530, seed=2, size=96)
+    paths, present, counts = load_labels(data, 530)
+    assert present.shape == (530, len(LABELS)) and set(counts) <= {0, 1, 2}
+    pairs = present[:, : len(PAIRS)].sum(1)
+    assert (pairs >= 1).all() and (pairs <= counts + 1).all()
+    model = load_checkpoint(tiny_ckpt)
+    before = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
+    proc = processor_config(tiny_ckpt, model.config)
+    assert ImageProcessor(proc)(str(paths[0])).shape[1:] == (3, 56, 56)
+    scores = pretrain_vision(model.vision_tower, proc, data, steps=3, batch=8, frames=530)
+    assert set(scores) == {"pairs_exact", "shapes_exact", "count"} and all(0 <= v <= 1 for v in scores.values())
+    after = model.vision_tower.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces lphi_edge/assets/shapes_demo/ on a CPU (2 threads): data, init, stage 1, stage 2, evaluation.
+# Reproduces lphi_edge/assets/shapes_demo/ on a CPU (2 threads): data, init (vision tower pretrained), stage 1,
+# stage 2. Then: python -m lphi_edge.eval.shapes (see train/README.md).
 # Rerunning resumes an interrupted stage from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,7 +8,9 @@ W=${WORK:-.cache/shapes-demo}
 BIN=.venv/bin
 mkdir -p "$W"
 [ -f "$W/data/finetune.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 30000 --seed 1 --multi-turn 0.6
-[ -f "$W/init/config.json" ] || $BIN/python -m lphi_edge.train.demo "$W/init" --seed 0
+# the tiny vision tower is pretrained on the frames first (as LLaVA starts from a pretrained CLIP)
+[ -f "$W/init/config.json" ] || $BIN/python -m lphi_edge.train.demo "$W/init" --seed 0 \
+    --vision-data "$W/data" --vision-steps 4000
 [ -f "$W/stage1/model/config.json" ] || $BIN/lphi-train pretrain --config train/configs/shapes_pretrain.yaml \
     --model "$W/init" --data "$W/data/pretrain.json" --out "$W/stage1"
 [ -f "$W/stage2/model/config.json" ] || $BIN/lphi-train finetune --config train/configs/shapes_finetune.yaml \

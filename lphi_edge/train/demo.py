@@ -53,7 +53,9 @@ def task_corpus(n: int = 2000, seed: int = 0) -> list[str]:
     return texts
 
 
-def write_demo_init(out: Path, seed: int = 0) -> Path:
+def write_demo_init(out: Path, seed: int = 0, vision_data: Path | None = None, vision_steps: int = 4000) -> Path:
+    """The starting checkpoint; with `vision_data` (a lphi-make-shapes directory) its vision tower is first
+    pretrained on that data's frames (lphi_edge.train.vision_pretrain), as LLaVA starts from a pretrained CLIP."""
     spec = DEMO_SPEC
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(spec.vocab_target, task_corpus())
@@ -80,6 +82,12 @@ def write_demo_init(out: Path, seed: int = 0) -> Path:
         processor = ProcessorConfig(
             shortest_edge=spec.image_size, crop_height=spec.image_size, crop_width=spec.image_size, pad_to_square=True
         )
+        if vision_data is not None:
+            from lphi_edge.train.vision_pretrain import pretrain_vision
+
+            pretrain_vision(
+                model.vision_tower, processor, vision_data, config.select_layer, steps=vision_steps, seed=seed
+            )
         return save_checkpoint(model, out, tokenizer_dir=tmp, processor=processor, overwrite=True)
 
 
@@ -87,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lphi_edge.train.demo", description="shapes-demo starting checkpoint")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vision-data", help="lphi-make-shapes directory: pretrain the vision tower on its frames first")
+    p.add_argument("--vision-steps", type=int, default=4000)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logger.info("wrote %s", write_demo_init(Path(args.out), args.seed))
+    data = Path(args.vision_data) if args.vision_data else None
+    logger.info("wrote %s", write_demo_init(Path(args.out), args.seed, data, args.vision_steps))
     return 0
 
 
