@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -98,15 +97,6 @@ def measure(backends: dict, processor, runs: int, cached: int, steps: int) -> di
     return {name: {k: round(statistics.median(v), 2) for k, v in r.items()} for name, r in results.items()}
 
 
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    return m.group(1).strip() if m else platform.machine()
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=2)
@@ -122,6 +112,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from lphi_edge.bench.machine import cpu_model
     from lphi_edge.model.checkpoint import processor_config
     from lphi_edge.model.synthetic import write_synthetic_checkpoint
     from lphi_edge.processing.image import ImageProcessor

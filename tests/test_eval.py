@@ -387,3 +387,13 @@ def test_mmbench_single_pass_circular_and_sheet(tmp_path):
 
     qs = list(_mmbench_questions(tsv, tmp_path))
     assert qs[1].text == f"Count them.\nHow many?\nA. one\nB. two\nC. three\nD. four\n{MULTIPLE_CHOICE}"
+
+
+def test_vqav2_local_accuracy_and_server_file(tmp_path):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"annotations": [{"question_id": 7, "answers": [{"answer": "two"}] * 10}]}))
+    answers = jsonl(tmp_path / "a.jsonl", [{"question_id": 7, "text": "2."}])
+    questions = jsonl(tmp_path / "q.jsonl", [{"question_id": 7}, {"question_id": 8}])
+    s = score("vqav2", Inputs(answers=str(answers), annotations=str(ann), questions=str(questions)))
+    assert s["metrics"]["accuracy"] == 100.0
+    assert s["files"]["submission"] == [{"question_id": 7, "answer": "2"}, {"question_id": 8, "answer": ""}]

@@ -223,32 +223,12 @@ BAD = {
 def test_bad_samples_error_naming_the_record_or_are_skipped(tiny_ckpt, shapes, tmp_path, case):
     record, fragment = BAD[case]
     data = _bad_data(shapes, tmp_path, record)
-    cfg = _config(
-        tiny_ckpt,
-        shapes,
-        tmp_path / "e",
-        stage="finetune",
-        data=str(data),
-        image_folder=str(shapes),
-        max_steps=1,
-        global_batch=7,
-        micro_batch=7,
-    )
+    common = dict(stage="finetune", data=str(data), image_folder=str(shapes), max_steps=1)
+    cfg = _config(tiny_ckpt, shapes, tmp_path / "e", **common, global_batch=7, micro_batch=7)
     with pytest.raises(BadSampleError, match=rf"bad.json record 2 \(id '{record['id']}'\).*{fragment}"):
         train(cfg)
     out = train(
-        _config(
-            tiny_ckpt,
-            shapes,
-            tmp_path / "s",
-            stage="finetune",
-            data=str(data),
-            image_folder=str(shapes),
-            max_steps=1,
-            global_batch=6,
-            micro_batch=6,
-            on_bad_sample="skip",
-        )
+        _config(tiny_ckpt, shapes, tmp_path / "s", **common, global_batch=6, micro_batch=6, on_bad_sample="skip")
     )
     assert out.is_dir()
     skipped = (tmp_path / "s" / "skipped_samples.txt").read_text().splitlines()

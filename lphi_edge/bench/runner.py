@@ -117,10 +117,7 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None) -> Targe
         source = Path(manifest.get("source", {}).get("checkpoint", ""))
         arch = _checkpoint_arch(source) if source.is_dir() else None
     else:
-        params = dict(be.model.named_parameters())
-        nbytes = {k: p.numel() * p.element_size() for k, p in params.items()}
-        weights = sum(nbytes.values())
-        decode = sum(v for k, v in nbytes.items() if k.startswith("language_model.") and "embed_tokens" not in k)
+        weights, decode = _torch_bytes(be.model)
         arch = Arch.from_config(be.model.config)
     label = f"{be.name}/{be.precision}"
     return Target(label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch)
@@ -134,17 +131,18 @@ def load_baseline(model: str, cfg: BenchConfig) -> Target:
     t0 = time.perf_counter()
     hf = HFBaseline(path, cfg.device)
     load_s = time.perf_counter() - t0
-    params = dict(hf.model.named_parameters())
-    weights = sum(p.numel() * p.element_size() for p in params.values())
-    decode = sum(
-        p.numel() * p.element_size()
-        for k, p in params.items()
-        if k.startswith("language_model.") and "embed_tokens" not in k
-    )
+    weights, decode = _torch_bytes(hf.model)
     arch = Arch.from_config(hf.model.config)
     return Target(
         "transformers/fp32", hf, "transformers", "fp32", cfg.device, str(model), load_s, weights / 2**20, decode, arch
     )
+
+
+def _torch_bytes(model) -> tuple[int, int]:
+    """(all weight bytes, bytes read per decoded token: the LM without its embedding table)."""
+    nbytes = {k: p.numel() * p.element_size() for k, p in model.named_parameters()}
+    decode = sum(v for k, v in nbytes.items() if k.startswith("language_model.") and "embed_tokens" not in k)
+    return sum(nbytes.values()), decode
 
 
 def _once(t: Target, image: np.ndarray, cfg: BenchConfig) -> dict[str, float]:
@@ -222,7 +220,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             if r >= cfg.warmup:
                 for k, v in stages.items():
                     t.samples[k].append(v)
-    prompt_positions = _prompt_positions(targets[0])
+    prompt_positions = _prompt_positions(targets[0], cfg.prompt)
     results = [_result(t, bandwidth, gflops, prompt_positions, cfg) for t in targets]
     keys = [r["key"] for r in results]
     for r in results:  # two models with one backend/precision: tell them apart by model
@@ -244,7 +242,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "compute_gflops_fp32": round(fp32_gflops, 1),
             "compute_gflops_bf16": round(bf16_gflops, 1),
         },
-        "command": " ".join(["lphi-bench", *sys.argv[1:]]) if sys.argv[0].endswith("lphi-bench") else None,
+        "command": None,  # filled in by the CLI
         "setting": {
             "prompt": cfg.prompt,
             "image": cfg.image or "lphi_edge/assets/sample_frame.png",
@@ -269,9 +267,9 @@ def _image(path: str | None) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _prompt_positions(t: Target) -> int:
+def _prompt_positions(t: Target, prompt: str) -> int:
     a = t.runner
-    text = a.template.prompt([(DEFAULT_PROMPT, None)], image=True)
+    text = a.template.prompt([(prompt, None)], image=True)
     return len(a.tokenizer.encode_prompt(text)) - 1 + a.backend.spec.image_tokens
 
 

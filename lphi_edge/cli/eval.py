@@ -152,23 +152,14 @@ def _write_files(args, files: dict) -> None:
     for key, path in targets.items():
         if path is None:
             continue
-        if key not in files and not (key == "submission" and args.benchmark in ("vqav2", "vizwiz")):
+        if key not in files:
             from lphi_edge.errors import ConfigError
 
             raise ConfigError(f"--{key.replace('_', '-')} does not apply to --benchmark {args.benchmark}")
-        data = files.get(key)
-        if key == "submission" and args.benchmark == "vqav2":
-            from lphi_edge.eval.vqa import vqav2_submission
-
-            data = vqav2_submission(args.answers, args.questions)
-        elif key == "submission" and args.benchmark == "vizwiz":
-            from lphi_edge.eval.vqa import vizwiz_submission
-
-            data = vizwiz_submission(args.answers, args.questions)
         if key == "submission" and args.benchmark == "mmbench":
-            _write_sheet(Path(path), data)
+            _write_sheet(Path(path), files[key])
         else:
-            Path(path).write_text(json.dumps(data, indent=2) + "\n")
+            Path(path).write_text(json.dumps(files[key], indent=2) + "\n")
 
 
 def _write_sheet(path: Path, rows: list[dict]) -> None:

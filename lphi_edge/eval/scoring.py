@@ -67,10 +67,19 @@ SCORERS: dict[str, tuple[tuple[str, ...], Callable[[Inputs], dict[str, Any]]]] =
     "pope": (("questions", "answers", "annotations"), lambda i: pope.score_pope(i.questions, i.answers, i.annotations)),
     "sqa": (("problems_dir", "answers"), lambda i: sqa.score_sqa(i.problems_dir, i.answers, i.split)),
     "textvqa": (("annotations", "answers"), lambda i: vqa.score_textvqa(i.annotations, i.answers)),
-    "vqav2": (("annotations", "answers"), lambda i: vqa.score_vqav2(i.annotations, i.answers)),
+    "vqav2": (
+        ("annotations", "answers"),
+        lambda i: (
+            vqa.score_vqav2(i.annotations, i.answers)
+            | {"_files": {"submission": vqa.vqav2_submission(i.answers, i.questions)}}
+        ),
+    ),
     "vizwiz": (
         ("annotations", "questions", "answers"),
-        lambda i: vqa.score_vizwiz(i.annotations, i.questions, i.answers),
+        lambda i: (
+            vqa.score_vizwiz(i.annotations, i.questions, i.answers)
+            | {"_files": {"submission": vqa.vizwiz_submission(i.answers, i.questions)}}
+        ),
     ),
     "gqa": (("questions", "answers"), lambda i: gqa.score_gqa(i.questions, i.answers)),
     "mme": ((), lambda i: mme.score_mme(_mme_results(i))),

@@ -16,14 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from lphi_edge.errors import ConfigError, LphiError
+from lphi_edge.errors import ConfigError
+from lphi_edge.ros.spin import run_node
 from lphi_edge.ros.vqa_node import IMAGE_QOS
 
 logger = logging.getLogger(__name__)
@@ -120,22 +118,7 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rclpy.init(args=sys.argv if args is None else args)
-    node = None
-    try:
-        node = CameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
-        pass
-    except (LphiError, InvalidParameterValueException) as e:
-        print(f"camera_node: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(CameraNode, "camera_node", args)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,8 @@ import sys
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -31,6 +28,7 @@ from lphi_edge.assistant import BACKENDS, Assistant, resolve_model_dir
 from lphi_edge.errors import LphiError
 from lphi_edge.ros.answerer import Answerer, AnswerSettings, Frame, FrameSlot, Prompt, PromptQueue, Reply
 from lphi_edge.ros.frames import FrameError, check_raw, decode_compressed
+from lphi_edge.ros.spin import run_node
 
 logger = logging.getLogger(__name__)
 
@@ -267,23 +265,7 @@ class VqaNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rclpy.init(args=sys.argv if args is None else args)
-    node = None
-    try:
-        node = VqaNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (LphiError, InvalidParameterValueException) as e:
-        print(f"vqa_node: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(VqaNode, "vqa_node", args)
 
 
 if __name__ == "__main__":

@@ -446,9 +446,10 @@ def _resume(ckpt_dir: Path, model, optimizer, scheduler, state: dict, ctx: DistC
             meta["world_size"],
             ctx.world_size,
         )
-        torch.manual_seed(config_seed := state["step"] * 1000 + ctx.rank)
-        random.seed(config_seed)
-        np.random.seed(config_seed)
+        seed = state["step"] * 1000 + ctx.rank
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
     return True
 
 
