@@ -42,12 +42,15 @@ class HFBaseline:
 
     @torch.no_grad()
     def run(self, image: np.ndarray, prompt: str, new_tokens: int) -> dict[str, float]:
+        from lphi_edge.bench.machine import sync
         from lphi_edge.processing.tokenizer import IMAGE_TOKEN_INDEX
 
         t0 = time.perf_counter()
         pixels = self._pixels(image)
+        sync(self.device)
         t1 = time.perf_counter()
         feats = self.model.encode_images(pixels)[0]  # (N, D)
+        sync(self.device)
         t2 = time.perf_counter()
         ids = self.tokenizer.encode_prompt(self.template.prompt([(prompt, None)], image=True))
         k = ids.index(IMAGE_TOKEN_INDEX)
@@ -57,10 +60,13 @@ class HFBaseline:
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
         lm = self.model.language_model
         kw = dict(inputs_embeds=embeds, attention_mask=mask, do_sample=False, pad_token_id=self.eos)
+        sync(self.device)
         t3 = time.perf_counter()
         lm.generate(**kw, max_new_tokens=1)
+        sync(self.device)
         t4 = time.perf_counter()
         lm.generate(**kw, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        sync(self.device)
         t5 = time.perf_counter()
         ms = lambda a, b: (b - a) * 1e3  # noqa: E731
         return {

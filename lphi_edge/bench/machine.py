@@ -50,42 +50,58 @@ def machine_info(threads: int) -> dict[str, Any]:
     return info
 
 
-def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
+def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5, device: str = "cpu") -> float:
     """Best copy rate over `repeats` (bytes read + bytes written, GB/s), multi-threaded through torch when
-    present (as the engines read weights), numpy otherwise."""
+    present (as the engines read weights), numpy otherwise. On "cuda": a device-to-device copy of 4× `mb`
+    (the GPU's caches are tens of MB)."""
     n = mb * 2**20 // 4
     try:
         import torch
 
-        src, dst = torch.ones(n), torch.empty(n)
+        if device == "cuda":
+            n *= 4
+        src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
         copy = lambda: dst.copy_(src)  # noqa: E731
     except ImportError:
         src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
         copy = lambda: np.copyto(dst, src)  # noqa: E731
     copy()
-    best = min(_timed(copy) for _ in range(repeats))
+    best = min(_timed(copy, device) for _ in range(repeats))
     return 2 * n * 4 / best / 1e9
 
 
-def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32") -> float:
-    """Best matmul rate (GFLOP/s) at the current thread count, in fp32 or (torch only) bf16."""
+def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32", device: str = "cpu") -> float:
+    """Best matmul rate (GFLOP/s) at the current thread count, in fp32 or (torch only) bf16 / fp16. On
+    "cuda": 4× `size` (a 2048³ product is too short to fill a data-centre GPU)."""
     try:
         import torch
 
-        dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-        a, b = torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt)
+        if device == "cuda":
+            size *= 4
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+        a, b = torch.randn(size, size, dtype=dt, device=device), torch.randn(size, size, dtype=dt, device=device)
         mm = lambda: torch.mm(a, b)  # noqa: E731
     except ImportError:
         a, b = np.random.rand(size, size).astype(np.float32), np.random.rand(size, size).astype(np.float32)
         mm = lambda: a @ b  # noqa: E731
     mm()
-    best = min(_timed(mm) for _ in range(repeats))
+    best = min(_timed(mm, device) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
-def _timed(fn) -> float:
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (wall-clock timing of CUDA code needs it); nothing on the CPU."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str = "cpu") -> float:
+    sync(device)
     t0 = time.perf_counter()
     fn()
+    sync(device)
     return time.perf_counter() - t0
 
 

@@ -31,15 +31,18 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [*result["results"], *([result["baseline"]] if result["baseline"] else [])]
     sp = result.get("speedup_vs_baseline") or {}
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    gpu_mem = any(r.get("gpu_peak_mb") is not None for r in rows)
+    columns = [*COLUMNS, "peak GPU MB (all engines loaded)"] if gpu_mem else list(COLUMNS)
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['memory']}{gpu}; "
-        f"measured copy bandwidth {m['memory_bandwidth_gbs']} GB/s, matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
+        f"measured {'on the GPU' if m.get('floors_measured_on') == 'cuda' else 'on the CPU'}: copy bandwidth "
+        f"{m['memory_bandwidth_gbs']} GB/s, matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
         f"{m['compute_gflops_bf16']} bf16 (vision and prefill floors use the faster).",
         f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
         f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.",
         "",
-        _row(list(COLUMNS)),
-        _row(["---"] * len(COLUMNS)),
+        _row(columns),
+        _row(["---"] * len(columns)),
     ]
     for r in rows:
         s, x = r["stages_ms"], sp.get(r["key"])
@@ -51,6 +54,7 @@ def markdown(result: dict[str, Any]) -> str:
                 [r["key"], *cells, f"{r['ttft_ms']['p50']:.1f}", f"{s['decode_per_token']['p50']:.2f}"]
                 + [f"{r['decode_tokens_per_s']:.1f}", f"{s['end_to_end']['p50']:.1f}", floor, speed]
                 + [f"{r['weights_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"]
+                + ([f"{r['gpu_peak_mb']:.0f}"] if gpu_mem else [])
             )
         )
     ext = [r for r in rows if r.get("extrapolated_32_layers")]

@@ -206,9 +206,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         baseline = load_baseline(ckpts[0], cfg)
     everyone = targets + ([baseline] if baseline else [])
     logger.info("measuring the machine's floor (copy and matmul tests)")
-    bandwidth, fp32_gflops, bf16_gflops = memory_bandwidth_gbs(), compute_gflops(), compute_gflops(dtype="bf16")
+    dev = cfg.device
+    bandwidth = memory_bandwidth_gbs(device=dev)
+    fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)
     gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
-    cuda = cfg.device == "cuda"
+    cuda = dev == "cuda"
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="lphi-bench", unit="round"):
         for t in everyone:  # interleaved: each round measures every model once
             if cuda:
@@ -238,6 +240,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return {
         "machine": machine_info(threads)
         | {
+            "floors_measured_on": dev,
             "memory_bandwidth_gbs": round(bandwidth, 2),
             "compute_gflops_fp32": round(fp32_gflops, 1),
             "compute_gflops_bf16": round(bf16_gflops, 1),
