@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -312,21 +313,42 @@ def test_qlora_is_refused_clearly_where_it_cannot_run(tiny_ckpt, shapes, tmp_pat
     assert not (tmp_path / "o" / "model").exists()
 
 
+def test_patch_labels_name_the_shape_covering_each_patch():
+    from lphi_edge.data.shapes import Shape
+    from lphi_edge.train.vision_pretrain import NO_SHAPE, PAIRS, patch_labels
+
+    square = Shape("square", "blue", x=56, y=0, size=56)  # exactly patch (0, 1) of a 4×4 grid over 224 px
+    tri = Shape("triangle", "red", x=170, y=170, size=40)
+    grid = patch_labels([square, tri], 224, 224, 4).reshape(4, 4)
+    want = np.full((4, 4), NO_SHAPE)
+    want[0, 1] = PAIRS.index(("blue", "square"))
+    want[3, 3] = PAIRS.index(("red", "triangle"))
+    np.testing.assert_array_equal(grid, want)
+    # a 400×100 frame is padded to a 400 px square, centred: its top edge moves down to y = 150
+    wide = patch_labels([Shape("circle", "green", x=0, y=0, size=60)], 400, 100, 4).reshape(4, 4)
+    assert wide[0, 0] == NO_SHAPE and wide[1, 0] == PAIRS.index(("green", "circle")) and wide[2, 0] == NO_SHAPE
+
+
 def test_vision_pretraining_trains_the_tower_from_scene_labels(tiny_ckpt, tmp_path):
     from lphi_edge.model.checkpoint import load_checkpoint, processor_config
     from lphi_edge.processing.image import ImageProcessor
-    from lphi_edge.train.vision_pretrain import LABELS, PAIRS, load_labels, pretrain_vision
+    from lphi_edge.train.vision_pretrain import LABELS, NO_SHAPE, PAIRS, load_labels, pretrain_vision
 
     data = write_shapes_dataset(tmp_path / "d", n=530, seed=2, size=96)
-    paths, present, counts = load_labels(data, 530)
+    paths, present, counts, patches = load_labels(data, 530, grid=4)
     assert present.shape == (530, len(LABELS)) and set(counts) <= {0, 1, 2}
     pairs = present[:, : len(PAIRS)].sum(1)
     assert (pairs >= 1).all() and (pairs <= counts + 1).all()
+    assert patches.shape == (530, 16)
+    for frame_present, frame_patches in zip(present, patches):  # patches name only pairs in the frame, ≥ 1 each
+        named = set(frame_patches.tolist()) - {NO_SHAPE}
+        assert named and all(frame_present[k] for k in named)
     model = load_checkpoint(tiny_ckpt)
     before = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
     proc = processor_config(tiny_ckpt, model.config)
     assert ImageProcessor(proc)(str(paths[0])).shape[1:] == (3, 56, 56)
     scores = pretrain_vision(model.vision_tower, proc, data, steps=3, batch=8, frames=530)
-    assert set(scores) == {"pairs_exact", "shapes_exact", "count"} and all(0 <= v <= 1 for v in scores.values())
+    assert set(scores) == {"pairs_exact", "shapes_exact", "count", "patch_labels", "pairs_exact_from_patches"}
+    assert all(0 <= v <= 1 for v in scores.values())
     after = model.vision_tower.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

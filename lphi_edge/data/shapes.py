@@ -43,20 +43,32 @@ def random_scene(rng: np.random.Generator, size: int = 224, max_shapes: int = 3)
     return shapes
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, sh: Shape, fill: tuple[int, ...] | int) -> None:
+    box = [sh.x, sh.y, sh.x + sh.size - 1, sh.y + sh.size - 1]
+    if sh.kind == "circle":
+        draw.ellipse(box, fill=fill)
+    elif sh.kind == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(sh.x + sh.size // 2, sh.y), (sh.x, box[3]), (box[2], box[3])], fill=fill)
+
+
+def shape_mask(shapes: list[Shape], size: int = 224) -> np.ndarray:
+    """HxW uint8: 0 for background, i + 1 where shape i is drawn (the geometry `render` draws)."""
+    im = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(im)
+    for i, sh in enumerate(shapes):
+        draw_shape(draw, sh, i + 1)
+    return np.asarray(im)
+
+
 def render(shapes: list[Shape], rng: np.random.Generator, size: int = 224, noise: int = 6) -> np.ndarray:
     """Draw a scene → HxWx3 uint8 RGB."""
     background = tuple(int(v) for v in rng.integers(180, 256, 3))
     im = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(im)
     for sh in shapes:
-        color = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLORS[sh.color])
-        box = [sh.x, sh.y, sh.x + sh.size - 1, sh.y + sh.size - 1]
-        if sh.kind == "circle":
-            draw.ellipse(box, fill=color)
-        elif sh.kind == "square":
-            draw.rectangle(box, fill=color)
-        else:
-            draw.polygon([(sh.x + sh.size // 2, sh.y), (sh.x, box[3]), (box[2], box[3])], fill=color)
+        draw_shape(draw, sh, tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLORS[sh.color]))
     a = np.asarray(im)
     if noise:
         a = np.clip(a.astype(np.int16) + rng.integers(-noise, noise + 1, a.shape), 0, 255).astype(np.uint8)
