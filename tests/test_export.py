@@ -92,6 +92,24 @@ def test_quantized_decoder_is_smaller(exports):
     assert size["int4"] < size["int8"] < size["fp16"] < size["fp32"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int4"])
+def test_attention_keys_are_transposed_in_place_of_the_exporters_3d_detour(exports, tiny_ckpt, precision):
+    """The Kᵀ detour (Reshape → Transpose[0,2,1] → Reshape) is gone from every attention; one 4-D Transpose
+    per attention remains (foldable into the MatMul) — and the answers are the model's (tests above)."""
+    from lphi_edge.model.config import LlavaPhiConfig
+
+    cfg = LlavaPhiConfig.from_dir(tiny_ckpt)
+    vision_layers = cfg.vision.num_hidden_layers + 1 + cfg.select_layer  # the tower runs up to the selected layer
+    # the vision encoder keeps one [0, 2, 1]: the patch embedding's (B, D, N) → (B, N, D)
+    for part, layers, flat in (
+        ("decoder_model_merged", cfg.text.num_hidden_layers, 0),
+        ("vision_encoder", vision_layers, 1),
+    ):
+        graph = onnx.load(str(exports[precision] / f"{part}.onnx"), load_external_data=False).graph
+        perms = [list(a.ints) for n in graph.node if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+        assert perms.count([0, 2, 1]) == flat and perms.count([0, 1, 3, 2]) == layers, (part, perms)
+
+
 def test_manifest_is_self_describing(exports, tiny_ckpt):
     m = Manifest.load(exports["fp32"])
     d = m.data

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", choices=("hf",), help="also run transformers' eager generate() on the checkpoint")
     p.add_argument("--synthetic-config", help="random-weight model at real widths, e.g. phi2-2l (2 decoder layers)")
     p.add_argument(
-        "--synthetic-exports", default="", help="exports of it to build and measure: fp32,fp16,int8,int4,int8-vision"
+        "--synthetic-exports",
+        default="",
+        help="exports of it to build and measure: fp32,fp16,int8,int4,int4-b128,int8-vision",
     )
     p.add_argument("--work", default=".cache/lphi-bench", help="where synthetic models and exports are kept")
     p.add_argument("--torch-dtypes", default="fp32", help="dtypes to run checkpoints in, e.g. fp32,bf16")

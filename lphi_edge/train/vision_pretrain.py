@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from PIL import Image
+from tqdm.auto import tqdm
 
 from lphi_edge.data.shapes import COLORS, SHAPES, Shape, shape_mask
 from lphi_edge.processing.image import ImageProcessor, ProcessorConfig, load_image
