@@ -397,3 +397,20 @@ def test_vqav2_local_accuracy_and_server_file(tmp_path):
     s = score("vqav2", Inputs(answers=str(answers), annotations=str(ann), questions=str(questions)))
     assert s["metrics"]["accuracy"] == 100.0
     assert s["files"]["submission"] == [{"question_id": 7, "answer": "2"}, {"question_id": 8, "answer": ""}]
+
+
+def test_vqav2_and_vizwiz_test_splits_write_the_server_file_without_annotations(tmp_path):
+    from lphi_edge.cli.eval import main
+
+    answers = jsonl(tmp_path / "a.jsonl", [{"question_id": 7, "text": "Two."}, {"question_id": 9, "text": "Yes"}])
+    questions = jsonl(
+        tmp_path / "q.jsonl", [{"question_id": 7, "image": "x.jpg"}, {"question_id": 9, "image": "y.jpg"}]
+    )
+    out = tmp_path / "test-dev.json"
+    assert main(["score", "--benchmark", "vqav2", "--answers", str(answers), "--submission", str(out)]) == 0
+    assert json.loads(out.read_text()) == [{"question_id": 7, "answer": "2"}, {"question_id": 9, "answer": "yes"}]
+    s = score("vizwiz", Inputs(answers=str(answers), questions=str(questions)))
+    assert s["metrics"]["accuracy"] is None and s["headline"]["value"] is None and s["metrics"]["samples"] == 2
+    assert s["files"]["submission"] == [{"image": "x.jpg", "answer": "2"}, {"image": "y.jpg", "answer": "yes"}]
+    # neither annotations nor a file to write: nothing to do, said plainly
+    assert main(["score", "--benchmark", "vizwiz", "--answers", str(answers), "--questions", str(questions)]) == 2

@@ -113,6 +113,13 @@ def _dispatch(args) -> int:
     from lphi_edge.eval import scoring
 
     if args.command == "score":
+        if args.benchmark in ("vqav2", "vizwiz") and not args.annotations and not args.submission:
+            from lphi_edge.errors import ConfigError
+
+            raise ConfigError(
+                f"--benchmark {args.benchmark} needs --annotations to score locally, "
+                "or --submission FILE to write the server's file (test-dev / test splits)"
+            )
         s = scoring.score(args.benchmark, _inputs(args))
         _write_files(args, s.pop("files"))
         if args.json:

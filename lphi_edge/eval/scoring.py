@@ -62,23 +62,32 @@ def _mme_results(i: Inputs) -> str:
     )
 
 
+NO_LOCAL_SCORE = "no --annotations (a server-scored split such as test-dev): the submission file only"
+
+
+def _server_split(i: Inputs, local: Callable[[], dict[str, Any]], submission: list) -> dict[str, Any]:
+    """VQAv2 / VizWiz: scored locally where annotations are at hand (val); the server's file either way."""
+    metrics = local() if i.annotations else {"accuracy": None, "samples": len(submission), "note": NO_LOCAL_SCORE}
+    return metrics | {"_files": {"submission": submission}}
+
+
 # benchmark → (inputs it needs, scorer)
 SCORERS: dict[str, tuple[tuple[str, ...], Callable[[Inputs], dict[str, Any]]]] = {
     "pope": (("questions", "answers", "annotations"), lambda i: pope.score_pope(i.questions, i.answers, i.annotations)),
     "sqa": (("problems_dir", "answers"), lambda i: sqa.score_sqa(i.problems_dir, i.answers, i.split)),
     "textvqa": (("annotations", "answers"), lambda i: vqa.score_textvqa(i.annotations, i.answers)),
     "vqav2": (
-        ("annotations", "answers"),
-        lambda i: (
-            vqa.score_vqav2(i.annotations, i.answers)
-            | {"_files": {"submission": vqa.vqav2_submission(i.answers, i.questions)}}
+        ("answers",),
+        lambda i: _server_split(
+            i, lambda: vqa.score_vqav2(i.annotations, i.answers), vqa.vqav2_submission(i.answers, i.questions)
         ),
     ),
     "vizwiz": (
-        ("annotations", "questions", "answers"),
-        lambda i: (
-            vqa.score_vizwiz(i.annotations, i.questions, i.answers)
-            | {"_files": {"submission": vqa.vizwiz_submission(i.answers, i.questions)}}
+        ("questions", "answers"),
+        lambda i: _server_split(
+            i,
+            lambda: vqa.score_vizwiz(i.annotations, i.questions, i.answers),
+            vqa.vizwiz_submission(i.answers, i.questions),
         ),
     ),
     "gqa": (("questions", "answers"), lambda i: gqa.score_gqa(i.questions, i.answers)),
