@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-benchmarks/results}
-.venv/bin/lphi-bench --synthetic-config phi2-2l --synthetic-exports fp32,fp16,int8,int4,int8-vision \
+.venv/bin/lphi-bench --synthetic-config phi2-2l --synthetic-exports fp32,fp16,int8,int4,int4-b128,int8-vision \
     --torch-dtypes fp32,bf16 --baseline hf --work .cache/bench --threads "$(nproc)" \
     --runs 5 --warmup 1 --new-tokens 32 \
     --json "$OUT/bench_cpu_phi2-2l.json" --markdown "$OUT/bench_cpu_phi2-2l.md" --plot "$OUT/bench_cpu_phi2-2l.png"

@@ -10,7 +10,7 @@ STACK = ("preprocess", "vision", "prefill", "decode")
 
 COLUMNS = (
     "result", "preprocess", "vision", "prefill", "TTFT", "decode/token", "tokens/s", "end to end",
-    "decode floor", "× baseline (decode / TTFT / vision)", "weights MB", "peak RSS MB",
+    "decode floor", "× baseline (decode / TTFT / vision)", "weights MB", "RSS MB: engine / process peak",
 )  # fmt: skip
 EXTRAPOLATED = (
     "result",
@@ -20,6 +20,10 @@ EXTRAPOLATED = (
     "one frame → one-word answer ms",
     "decode floor ms",
 )
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f}"
 
 
 def _row(cells: list[str]) -> str:
@@ -53,7 +57,7 @@ def markdown(result: dict[str, Any]) -> str:
             _row(
                 [r["key"], *cells, f"{r['ttft_ms']['p50']:.1f}", f"{s['decode_per_token']['p50']:.2f}"]
                 + [f"{r['decode_tokens_per_s']:.1f}", f"{s['end_to_end']['p50']:.1f}", floor, speed]
-                + [f"{r['weights_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"]
+                + [f"{r['weights_mb']:.0f}", f"{_num(r.get('load_rss_mb'))} / {r['peak_rss_mb']:.0f}"]
                 + ([f"{r['gpu_peak_mb']:.0f}"] if gpu_mem else [])
             )
         )

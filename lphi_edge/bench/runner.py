@@ -77,6 +77,7 @@ class Target:
     weights_mb: float
     decode_bytes: float  # weights read per decoded token
     arch: Arch | None
+    load_rss_mb: float  # resident memory the process grew by while loading this engine
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "ttft")})
     peak_rss_mb: float = 0.0
     gpu_peak_mb: float | None = None
@@ -106,9 +107,9 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None) -> Targe
     from lphi_edge.export.manifest import is_export_dir
 
     path = resolve_model_dir(model, cfg.backend)
-    t0 = time.perf_counter()
+    rss0, t0 = rss_mb(), time.perf_counter()
     assistant = Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device, dtype=dtype)
-    load_s = time.perf_counter() - t0
+    load_s, load_rss = time.perf_counter() - t0, max(0.0, rss_mb() - rss0)
     be = assistant.backend
     if is_export_dir(path):
         manifest = json.loads((path / "manifest.json").read_text())
@@ -121,7 +122,9 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None) -> Targe
         weights, decode = _torch_bytes(be.model)
         arch = Arch.from_config(be.model.config)
     label = f"{be.name}/{be.precision}"
-    return Target(label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch)
+    return Target(
+        label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch, load_rss
+    )
 
 
 def load_baseline(model: str, cfg: BenchConfig) -> Target:
@@ -129,14 +132,15 @@ def load_baseline(model: str, cfg: BenchConfig) -> Target:
     from lphi_edge.bench.hf import HFBaseline
 
     path = resolve_model_dir(model)
-    t0 = time.perf_counter()
+    rss0, t0 = rss_mb(), time.perf_counter()
     hf = HFBaseline(path, cfg.device)
-    load_s = time.perf_counter() - t0
+    load_s, load_rss = time.perf_counter() - t0, max(0.0, rss_mb() - rss0)
     weights, decode = _torch_bytes(hf.model)
     arch = Arch.from_config(hf.model.config)
     return Target(
-        "transformers/fp32", hf, "transformers", "fp32", cfg.device, str(model), load_s, weights / 2**20, decode, arch
-    )
+        "transformers/fp32", hf, "transformers", "fp32", cfg.device, str(model), load_s, weights / 2**20, decode, arch,
+        load_rss,
+    )  # fmt: skip
 
 
 def _torch_bytes(model) -> tuple[int, int]:
@@ -289,7 +293,8 @@ def _result(t: Target, bandwidth: float, gflops: float, positions: int, cfg: Ben
         "stages_ms": stages,
         "ttft_ms": _pct(t.samples["ttft"]),
         "decode_tokens_per_s": round(1e3 / stages["decode_per_token"]["p50"], 2),
-        "peak_rss_mb": round(t.peak_rss_mb, 1),
+        "peak_rss_mb": round(t.peak_rss_mb, 1),  # the whole process, every engine loaded
+        "load_rss_mb": round(t.load_rss_mb, 1),  # this engine's own share: growth while it loaded
         "gpu_peak_mb": None if t.gpu_peak_mb is None else round(t.gpu_peak_mb, 1),
         "weights_mb": round(t.weights_mb, 1),
         "load_s": round(t.load_s, 2),
