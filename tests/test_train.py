@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from lphi_edge.data.make_shapes import write_shapes_dataset
+from lphi_edge.data.shapes import DESCRIBE, Shape, answer_question, caption, drill_questions
 from lphi_edge.errors import ConfigError
 from lphi_edge.processing.template import get_template
 from lphi_edge.processing.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
@@ -300,6 +301,49 @@ def test_make_shapes_writes_llava_json(shapes):
     assert any(len(r["conversations"]) > 2 for r in fin)  # multi-turn records too
     assert all((shapes / r["image"]).is_file() for r in pre)
     assert len((shapes / "scenes.jsonl").read_text().splitlines()) == 24
+    scenes = {json.loads(line)["image"]: json.loads(line)["shapes"] for line in (shapes / "scenes.jsonl").open()}
+    for r in fin:  # every answer is the scene's; a multi-turn conversation ends with the description
+        scene = [Shape(**s) for s in scenes[r["image"]]]
+        turns = r["conversations"]
+        for q, a in zip(turns[::2], turns[1::2]):
+            question = q["value"].removeprefix("<image>\n")
+            assert a["value"] == (caption(scene) if question == DESCRIBE else answer_question(scene, question))
+        if len(turns) > 2:
+            assert turns[-2]["value"] == DESCRIBE and DESCRIBE not in [t["value"] for t in turns[:-2]]
+    # drill questions: more than one yes/no question per frame, none asked twice about one frame
+    multi = [r for r in fin if len(r["conversations"]) > 2]
+    exists = [
+        [t["value"] for t in r["conversations"] if t["value"].startswith(("Is there", "<image>\nIs there"))]
+        for r in multi
+    ]
+    assert all(len(e) == len(set(e)) for e in exists) and max(map(len, exists)) >= 3
+
+
+def test_drill_questions_leave_the_frames_of_a_seed_unchanged(tmp_path):
+    a = write_shapes_dataset(tmp_path / "a", n=30, seed=5, size=96, multi_turn=0.5, drill=0)
+    b = write_shapes_dataset(tmp_path / "b", n=30, seed=5, size=96, multi_turn=0.5, drill=3)
+    assert (a / "scenes.jsonl").read_text() == (b / "scenes.jsonl").read_text()
+    assert (a / "images" / "000029.png").read_bytes() == (b / "images" / "000029.png").read_bytes()
+
+    def yes_no_questions(d: Path) -> int:
+        records = json.loads((d / "finetune.json").read_text())
+        return sum(t["value"].count("Is there") for r in records for t in r["conversations"])
+
+    assert yes_no_questions(b) > 2 * yes_no_questions(a)
+
+
+def test_drill_questions_bind_colour_to_shape():
+    rng = np.random.default_rng(0)
+    scene = [Shape("circle", "blue", 0, 0, 40), Shape("square", "red", 100, 100, 40)]
+    qas = drill_questions(scene, rng, asked={"What color is the circle?"}, exists=4)
+    assert [q.question for q in qas if q.kind == "color"] == ["What color is the square?"]
+    yes_no = [q for q in qas if q.kind == "exists"]
+    assert len(yes_no) == 4 and len({q.question for q in yes_no}) == 4
+    assert [q.answer for q in yes_no] == ["no", "yes", "no", "yes"]
+    for q in yes_no:
+        assert q.answer == answer_question(scene, q.question)
+        color, kind = q.question.removeprefix("Is there a ").rstrip("?").split()
+        assert color in ("blue", "red") or kind in ("circle", "square")  # negatives are hard: one attribute is there
 
 
 def test_qlora_is_refused_clearly_where_it_cannot_run(tiny_ckpt, shapes, tmp_path):

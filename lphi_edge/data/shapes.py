@@ -127,6 +127,33 @@ def questions(shapes: list[Shape], rng: np.random.Generator) -> list[QA]:
     return out
 
 
+def drill_questions(shapes: list[Shape], rng: np.random.Generator, asked: set[str], exists: int = 2) -> list[QA]:
+    """Training questions beyond `questions`' one per type, aimed at binding colour to shape: a colour
+    question for every shape whose kind appears once, and `exists` more yes/no questions alternating a hard
+    negative (a colour or a shape that is in the frame, on another object) and a pair that is there.
+    Questions in `asked` are not repeated."""
+    kinds = [s.kind for s in shapes]
+    out = [
+        QA("color", f"What color is the {s.kind}?", s.color)
+        for s in shapes
+        if kinds.count(s.kind) == 1 and f"What color is the {s.kind}?" not in asked
+    ]
+    present = {(s.color, s.kind) for s in shapes}
+    colors = {s.color for s in shapes}
+    hard = sorted((c, k) for c in COLORS for k in SHAPES if (c, k) not in present and (c in colors or k in kinds))
+    pools = (hard, sorted(present))
+    seen = set(asked)
+    for j in range(exists):
+        pool = [(c, k) for c, k in pools[j % 2] if f"Is there a {c} {k}?" not in seen]
+        if not pool:
+            continue
+        c, k = pool[int(rng.integers(len(pool)))]
+        qa = QA("exists", f"Is there a {c} {k}?", "yes" if (c, k) in present else "no")
+        seen.add(qa.question)
+        out.append(qa)
+    return out
+
+
 def answer_question(shapes: list[Shape], question: str) -> str | None:
     """The correct answer to any of the task's questions about a scene (None if it does not apply)."""
     import re
