@@ -117,11 +117,13 @@ class Assistant:
         backend: str | None = None,
         device: str = "cpu",
         dtype: str | None = None,
+        cuda_graphs: bool | None = None,
         **kwargs: Any,
     ) -> Assistant:
         """Load a checkpoint directory (torch backend) or an export directory (its manifest's backend).
 
-        `dtype` (torch backend only): fp32 (default, as the original), fp16, bf16. Other keywords go to
+        `dtype` (torch backend only): fp32 (default, as the original), fp16, bf16. `cuda_graphs` (torch
+        backend only): replay decode steps from a captured CUDA graph (default: on CUDA). Other keywords go to
         the Assistant (image_cache_size) — and for exports `verify_checksums` / `provider` to the backend.
         """
         if backend is not None and backend not in BACKENDS:
@@ -130,6 +132,8 @@ class Assistant:
         from lphi_edge.export.manifest import is_export_dir
 
         if is_export_dir(path):
+            if cuda_graphs is not None:
+                raise ConfigError("cuda_graphs applies to the torch backend (a checkpoint), not to exports")
             return cls._from_export(path, backend, device, dtype, **kwargs)
         if backend not in (None, "torch"):
             raise ConfigError(
@@ -140,7 +144,7 @@ class Assistant:
         from lphi_edge.runtime.torch_backend import TorchBackend
 
         tokenizer = Tokenizer.from_dir(path)  # before the weights: a broken tokenizer fails fast
-        be = TorchBackend.from_checkpoint(path, device=device, dtype=dtype or "fp32")
+        be = TorchBackend.from_checkpoint(path, device=device, dtype=dtype or "fp32", cuda_graphs=cuda_graphs)
         config = be.model.config
         eos = config.text.eos_token_id
         eos_ids = {eos} if isinstance(eos, int) else set(eos or ())

@@ -48,6 +48,7 @@ class BenchConfig:
     synthetic_exports: tuple[str, ...] = ()
     work: str = ".cache/lphi-bench"
     torch_dtypes: tuple[str, ...] = ("fp32",)  # each checkpoint is measured in each
+    cuda_graphs: str = "on"  # torch backend on CUDA: "on", "off" (eager decode) or "both", side by side
 
     def __post_init__(self) -> None:
         if not self.torch_dtypes or any(d not in ("fp32", "fp16", "bf16") for d in self.torch_dtypes):
@@ -58,6 +59,8 @@ class BenchConfig:
             raise ConfigError(f"--new-tokens must be ≥ 2 (decode per token needs two), got {self.new_tokens}")
         if self.runs < 1 or self.warmup < 0:
             raise ConfigError(f"--runs must be ≥ 1 and --warmup ≥ 0, got {self.runs} / {self.warmup}")
+        if self.cuda_graphs not in ("on", "off", "both"):
+            raise ConfigError(f"--cuda-graphs must be on, off or both, got {self.cuda_graphs!r}")
         if self.baseline not in (None, "hf"):
             raise ConfigError(f"--baseline must be hf, got {self.baseline!r}")
         bad = [p for p in self.synthetic_exports if p not in EXPORT_FLAGS]
@@ -99,16 +102,18 @@ def load_targets(model: str, cfg: BenchConfig) -> list[Target]:
 
     if is_export_dir(resolve_model_dir(model, cfg.backend)):
         return [load_target(model, cfg)]
-    return [load_target(model, cfg, dtype) for dtype in cfg.torch_dtypes]
+    graphs = {"on": [True], "off": [False], "both": [True, False]}[cfg.cuda_graphs] if cfg.device == "cuda" else [None]
+    return [load_target(model, cfg, dtype, g) for dtype in cfg.torch_dtypes for g in graphs]
 
 
-def load_target(model: str, cfg: BenchConfig, dtype: str | None = None) -> Target:
+def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_graphs: bool | None = None) -> Target:
     from lphi_edge.assistant import Assistant, resolve_model_dir
     from lphi_edge.export.manifest import is_export_dir
 
     path = resolve_model_dir(model, cfg.backend)
     rss0, t0 = rss_mb(), time.perf_counter()
-    assistant = Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device, dtype=dtype)
+    extra = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
+    assistant = Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device, dtype=dtype, **extra)
     load_s, load_rss = time.perf_counter() - t0, max(0.0, rss_mb() - rss0)
     be = assistant.backend
     if is_export_dir(path):
@@ -122,6 +127,8 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None) -> Targe
         weights, decode = _torch_bytes(be.model)
         arch = Arch.from_config(be.model.config)
     label = f"{be.name}/{be.precision}"
+    if cuda_graphs is not None:
+        label += " (CUDA graphs)" if cuda_graphs else " (eager decode)"
     return Target(
         label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch, load_rss
     )

@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--work", default=".cache/lphi-bench", help="where synthetic models and exports are kept")
     p.add_argument("--torch-dtypes", default="fp32", help="dtypes to run checkpoints in, e.g. fp32,bf16")
+    p.add_argument(
+        "--cuda-graphs",
+        choices=("on", "off", "both"),
+        default="on",
+        help="torch backend on CUDA: decode from a captured CUDA graph, eagerly, or both side by side",
+    )
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--markdown", help="write the table here")
     p.add_argument("--plot", help="write the stacked stage bars here (PNG)")
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             synthetic_exports=tuple(x for x in args.synthetic_exports.split(",") if x),
             work=args.work,
             torch_dtypes=tuple(x for x in args.torch_dtypes.split(",") if x),
+            cuda_graphs=args.cuda_graphs,
         )
         result = run_bench(cfg)
         result["command"] = " ".join(["lphi-bench", *(argv if argv is not None else sys.argv[1:])])
