@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 W=${WORK:-.cache/shapes-demo}
 BIN=.venv/bin
 mkdir -p "$W"
-[ -f "$W/data/finetune.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 30000 --seed 1 --multi-turn 0.6 --drill 2
+[ -f "$W/data/finetune.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 30000 --seed 1 --multi-turn 0.6
 # the tiny vision tower is pretrained on the frames first (as LLaVA starts from a pretrained CLIP)
 [ -f "$W/init/config.json" ] || $BIN/python -m lphi_edge.train.demo "$W/init" --seed 0 \
     --vision-data "$W/data" --vision-steps 4000

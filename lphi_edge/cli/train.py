@@ -57,7 +57,6 @@ def make_shapes(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--multi-turn", type=float, default=0.5, help="share of frames given one multi-turn conversation")
-    p.add_argument("--drill", type=int, default=2, help="extra yes/no questions per frame (colour-shape binding)")
     args = p.parse_args(argv)
     setup_logging(False)
 
@@ -71,10 +70,7 @@ def make_shapes(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--n must be ≥ 1, got {args.n}")
         if not 0.0 <= args.multi_turn <= 1.0:
             raise ConfigError(f"--multi-turn must be a probability in [0, 1], got {args.multi_turn}")
-        if args.drill < 0:
-            raise ConfigError(f"--drill must be ≥ 0, got {args.drill}")
-        out = write_shapes_dataset(Path(args.out), args.n, args.seed, args.size, args.multi_turn, args.drill)
-        print(f"wrote {out}")
+        print(f"wrote {write_shapes_dataset(Path(args.out), args.n, args.seed, args.size, args.multi_turn)}")
         return 0
 
     return run("lphi-make-shapes", _main)

@@ -17,19 +17,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lphi_edge.atomic import atomic_directory
-from lphi_edge.data.shapes import DESCRIBE, QA, caption, drill_questions, questions, random_scene, render
+from lphi_edge.data.shapes import DESCRIBE, QA, caption, questions, random_scene, render
 
 
-def write_shapes_dataset(
-    out: Path, n: int, seed: int, size: int = 224, multi_turn: float = 0.5, drill: int = 2
-) -> Path:
-    """n frames; each gets a caption record and its questions (`questions`, plus `drill_questions` with
-    `drill` extra yes/no questions: colour-to-shape binding is what a small model learns last): with
-    probability `multi_turn` as one multi-turn conversation in random order closed by a DESCRIBE turn (the
-    caption names every object — a dense signal for a vision tower trained in stage 2 — and comes last so
-    that no earlier answer can be read off it), otherwise as one single-turn record per question.
-    Frames, scenes and the first question of each type depend on `seed` alone (drill questions draw from
-    their own per-frame generator), so the frames of a seed are those earlier versions wrote."""
+def write_shapes_dataset(out: Path, n: int, seed: int, size: int = 224, multi_turn: float = 0.5) -> Path:
+    """n frames; each gets a caption record and one conversation: with probability `multi_turn` a multi-turn
+    one holding every question and a DESCRIBE turn (the caption, which names every object: a dense signal
+    for a vision tower trained in stage 2) in random order, otherwise one single-turn record per question."""
     if not 0.0 <= multi_turn <= 1.0:
         raise ValueError(f"multi_turn must be a probability in [0, 1], got {multi_turn}")
     rng = np.random.default_rng(seed)
@@ -54,13 +48,8 @@ def write_shapes_dataset(
                 )
                 qas = questions(scene, rng)
                 rng.shuffle(qas)
-                first = len(qas)
-                own = np.random.default_rng([seed, i])  # this frame's drill questions and their order
-                qas += drill_questions(scene, own, {qa.question for qa in qas}, drill)
-                own.shuffle(qas)
                 if rng.random() < multi_turn:
-                    rng.integers(first + 1)  # the describe turn's old random slot: still drawn, so later frames stay
-                    qas.append(QA("describe", DESCRIBE, caption(scene)))
+                    qas.insert(int(rng.integers(len(qas) + 1)), QA("describe", DESCRIBE, caption(scene)))
                     turns = []
                     for k, qa in enumerate(qas):
                         q = f"<image>\n{qa.question}" if k == 0 else qa.question

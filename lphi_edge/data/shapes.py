@@ -43,32 +43,20 @@ def random_scene(rng: np.random.Generator, size: int = 224, max_shapes: int = 3)
     return shapes
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, sh: Shape, fill: tuple[int, ...] | int) -> None:
-    box = [sh.x, sh.y, sh.x + sh.size - 1, sh.y + sh.size - 1]
-    if sh.kind == "circle":
-        draw.ellipse(box, fill=fill)
-    elif sh.kind == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon([(sh.x + sh.size // 2, sh.y), (sh.x, box[3]), (box[2], box[3])], fill=fill)
-
-
-def shape_mask(shapes: list[Shape], size: int = 224) -> np.ndarray:
-    """HxW uint8: 0 for background, i + 1 where shape i is drawn (the geometry `render` draws)."""
-    im = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(im)
-    for i, sh in enumerate(shapes):
-        draw_shape(draw, sh, i + 1)
-    return np.asarray(im)
-
-
 def render(shapes: list[Shape], rng: np.random.Generator, size: int = 224, noise: int = 6) -> np.ndarray:
     """Draw a scene → HxWx3 uint8 RGB."""
     background = tuple(int(v) for v in rng.integers(180, 256, 3))
     im = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(im)
     for sh in shapes:
-        draw_shape(draw, sh, tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLORS[sh.color]))
+        color = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in COLORS[sh.color])
+        box = [sh.x, sh.y, sh.x + sh.size - 1, sh.y + sh.size - 1]
+        if sh.kind == "circle":
+            draw.ellipse(box, fill=color)
+        elif sh.kind == "square":
+            draw.rectangle(box, fill=color)
+        else:
+            draw.polygon([(sh.x + sh.size // 2, sh.y), (sh.x, box[3]), (box[2], box[3])], fill=color)
     a = np.asarray(im)
     if noise:
         a = np.clip(a.astype(np.int16) + rng.integers(-noise, noise + 1, a.shape), 0, 255).astype(np.uint8)
@@ -124,33 +112,6 @@ def questions(shapes: list[Shape], rng: np.random.Generator) -> list[QA]:
         pool = hard if hard and rng.random() < 0.8 else candidates
         color, kind = pool[int(rng.integers(len(pool)))]
     out.append(QA("exists", f"Is there a {color} {kind}?", "yes" if (color, kind) in present else "no"))
-    return out
-
-
-def drill_questions(shapes: list[Shape], rng: np.random.Generator, asked: set[str], exists: int = 2) -> list[QA]:
-    """Training questions beyond `questions`' one per type, aimed at binding colour to shape: a colour
-    question for every shape whose kind appears once, and `exists` more yes/no questions alternating a hard
-    negative (a colour or a shape that is in the frame, on another object) and a pair that is there.
-    Questions in `asked` are not repeated."""
-    kinds = [s.kind for s in shapes]
-    out = [
-        QA("color", f"What color is the {s.kind}?", s.color)
-        for s in shapes
-        if kinds.count(s.kind) == 1 and f"What color is the {s.kind}?" not in asked
-    ]
-    present = {(s.color, s.kind) for s in shapes}
-    colors = {s.color for s in shapes}
-    hard = sorted((c, k) for c in COLORS for k in SHAPES if (c, k) not in present and (c in colors or k in kinds))
-    pools = (hard, sorted(present))
-    seen = set(asked)
-    for j in range(exists):
-        pool = [(c, k) for c, k in pools[j % 2] if f"Is there a {c} {k}?" not in seen]
-        if not pool:
-            continue
-        c, k = pool[int(rng.integers(len(pool)))]
-        qa = QA("exists", f"Is there a {c} {k}?", "yes" if (c, k) in present else "no")
-        seen.add(qa.question)
-        out.append(qa)
     return out
 
 
