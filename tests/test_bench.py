@@ -49,6 +49,7 @@ def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
         assert res["decode_tokens_per_s"] == pytest.approx(1e3 / res["stages_ms"]["decode_per_token"]["p50"], rel=0.01)
         assert res["peak_rss_mb"] > 50 and res["weights_mb"] > 0 and res["decode_floor_ms"] > 0
         assert 0 <= res["load_rss_mb"] <= res["peak_rss_mb"]
+        assert res["decode_floor_read_ms"] > 0 and res["floor_fraction"]["decode_read"] > 0
         assert res["extrapolated_32_layers"] is None  # tiny widths: nothing to extrapolate to
         assert res["vision_floor_ms"] > 0 and 0 < res["floor_fraction"]["decode"]
     assert r["baseline"]["backend"] == "transformers" and r["baseline"]["precision"] == "fp32"

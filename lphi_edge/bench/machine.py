@@ -70,6 +70,24 @@ def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5, device: str = "cpu") -
     return 2 * n * 4 / best / 1e9
 
 
+def memory_read_gbs(mb: int = 512, repeats: int = 5, device: str = "cpu") -> float:
+    """Best read-only rate over `repeats` (a sum over `mb` of float32, GB/s): what a decode step does with
+    its weights, which it reads and never writes. On a VM the rate moves with the neighbours' load, so a
+    benchmark measures it in the same run as the engines."""
+    n = mb * 2**20 // 4 * (4 if device == "cuda" else 1)
+    try:
+        import torch
+
+        a = torch.ones(n, device=device)
+        read = lambda: a.sum()  # noqa: E731
+    except ImportError:
+        a = np.ones(n, np.float32)
+        read = lambda: a.sum()  # noqa: E731
+    read()
+    best = min(_timed(read, device) for _ in range(repeats))
+    return n * 4 / best / 1e9
+
+
 def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32", device: str = "cpu") -> float:
     """Best matmul rate (GFLOP/s) at the current thread count, in fp32 or (torch only) bf16 / fp16. On
     "cuda": 4× `size` (a 2048³ product is too short to fill a data-centre GPU)."""

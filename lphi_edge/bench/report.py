@@ -10,7 +10,7 @@ STACK = ("preprocess", "vision", "prefill", "decode")
 
 COLUMNS = (
     "result", "preprocess", "vision", "prefill", "TTFT", "decode/token", "tokens/s", "end to end",
-    "decode floor", "× baseline (decode / TTFT / vision)", "weights MB", "RSS MB: engine / process peak",
+    "decode floor: copy / read", "× baseline (decode / TTFT / vision)", "weights MB", "RSS MB: engine / process peak",
 )  # fmt: skip
 EXTRAPOLATED = (
     "result",
@@ -20,6 +20,10 @@ EXTRAPOLATED = (
     "one frame → one-word answer ms",
     "decode floor ms",
 )
+
+
+def _read(m: dict) -> str:
+    return f", read-only {m['memory_read_gbs']} GB/s" if "memory_read_gbs" in m else ""
 
 
 def _num(x: float | None) -> str:
@@ -40,7 +44,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['memory']}{gpu}; "
         f"measured {'on the GPU' if m.get('floors_measured_on') == 'cuda' else 'on the CPU'}: copy bandwidth "
-        f"{m['memory_bandwidth_gbs']} GB/s, matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
+        f"{m['memory_bandwidth_gbs']} GB/s (read + write){_read(m)}, matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
         f"{m['compute_gflops_bf16']} bf16 (vision and prefill floors use the faster).",
         f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
         f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.",
@@ -52,6 +56,8 @@ def markdown(result: dict[str, Any]) -> str:
         s, x = r["stages_ms"], sp.get(r["key"])
         speed = f"{x['decode_per_token']}× / {x['ttft']}× / {x['vision']}×" if x else "—"
         floor = f"{r['decode_floor_ms']:.2f} ({100 * r['floor_fraction']['decode']:.0f} %)"
+        if "decode_floor_read_ms" in r:
+            floor += f" / {r['decode_floor_read_ms']:.2f} ({100 * r['floor_fraction']['decode_read']:.0f} %)"
         cells = [f"{s[k]['p50']:.1f}" for k in ("preprocess", "vision", "prefill")]
         lines.append(
             _row(

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lphi_edge.bench.costs import PHI2_HIDDEN, PHI2_LAYERS, Arch
-from lphi_edge.bench.machine import compute_gflops, machine_info, memory_bandwidth_gbs, rss_mb
+from lphi_edge.bench.machine import compute_gflops, machine_info, memory_bandwidth_gbs, memory_read_gbs, rss_mb
 from lphi_edge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     everyone = targets + ([baseline] if baseline else [])
     logger.info("measuring the machine's floor (copy and matmul tests)")
     dev = cfg.device
-    bandwidth = memory_bandwidth_gbs(device=dev)
+    bandwidth, read_bw = memory_bandwidth_gbs(device=dev), memory_read_gbs(device=dev)
     fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)
     gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
     cuda = dev == "cuda"
@@ -235,12 +235,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 for k, v in stages.items():
                     t.samples[k].append(v)
     prompt_positions = _prompt_positions(targets[0], cfg.prompt)
-    results = [_result(t, bandwidth, gflops, prompt_positions, cfg) for t in targets]
+    results = [_result(t, bandwidth, read_bw, gflops, prompt_positions, cfg) for t in targets]
     keys = [r["key"] for r in results]
     for r in results:  # two models with one backend/precision: tell them apart by model
         if keys.count(r["key"]) > 1:
             r["key"] = f"{r['key']} ({Path(r['model']).name})"
-    base = _result(baseline, bandwidth, gflops, prompt_positions, cfg) if baseline else None
+    base = _result(baseline, bandwidth, read_bw, gflops, prompt_positions, cfg) if baseline else None
     speedup = {}
     if base:
         for res in results:
@@ -253,7 +253,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "machine": machine_info(threads)
         | {
             "floors_measured_on": dev,
-            "memory_bandwidth_gbs": round(bandwidth, 2),
+            "memory_bandwidth_gbs": round(bandwidth, 2),  # copy test, bytes read + written (STREAM's count)
+            "memory_read_gbs": round(read_bw, 2),  # read-only test (a sum)
             "compute_gflops_fp32": round(fp32_gflops, 1),
             "compute_gflops_bf16": round(bf16_gflops, 1),
         },
@@ -288,9 +289,12 @@ def _prompt_positions(t: Target, prompt: str) -> int:
     return len(a.tokenizer.encode_prompt(text)) - 1 + a.backend.spec.image_tokens
 
 
-def _result(t: Target, bandwidth: float, gflops: float, positions: int, cfg: BenchConfig) -> dict[str, Any]:
+def _result(
+    t: Target, bandwidth: float, read_bw: float, gflops: float, positions: int, cfg: BenchConfig
+) -> dict[str, Any]:
     stages = {s: _pct(t.samples[s]) for s in STAGES}
     decode_floor = t.decode_bytes / (bandwidth * 1e9) * 1e3
+    read_floor = t.decode_bytes / (read_bw * 1e9) * 1e3  # the same bytes at the read-only rate
     res: dict[str, Any] = {
         "key": t.label,
         "model": t.model,
@@ -306,9 +310,13 @@ def _result(t: Target, bandwidth: float, gflops: float, positions: int, cfg: Ben
         "weights_mb": round(t.weights_mb, 1),
         "load_s": round(t.load_s, 2),
         "decode_floor_ms": round(decode_floor, 3),
+        "decode_floor_read_ms": round(read_floor, 3),
         "vision_floor_ms": None,
         "prefill_floor_ms": None,
-        "floor_fraction": {"decode": round(decode_floor / stages["decode_per_token"]["p50"], 3)},
+        "floor_fraction": {
+            "decode": round(decode_floor / stages["decode_per_token"]["p50"], 3),
+            "decode_read": round(read_floor / stages["decode_per_token"]["p50"], 3),
+        },
         "extrapolated_32_layers": None,
     }
     if t.arch is not None:
