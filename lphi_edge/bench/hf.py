@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lphi_edge.bench.machine import sync
+
 
 class HFBaseline:
     name, precision = "transformers-eager", "fp32"
@@ -42,7 +44,6 @@ class HFBaseline:
 
     @torch.no_grad()
     def run(self, image: np.ndarray, prompt: str, new_tokens: int) -> dict[str, float]:
-        from lphi_edge.bench.machine import sync
         from lphi_edge.processing.tokenizer import IMAGE_TOKEN_INDEX
 
         t0 = time.perf_counter()

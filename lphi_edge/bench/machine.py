@@ -50,42 +50,44 @@ def machine_info(threads: int) -> dict[str, Any]:
     return info
 
 
+def _floats(mb: int, device: str) -> int:
+    """Elements of a float32 test buffer: `mb` on the CPU, 4× on a GPU (its caches are tens of MB)."""
+    return mb * 2**20 // 4 * (4 if device == "cuda" else 1)
+
+
+def _best(fn, repeats: int, device: str) -> float:
+    """Fastest of `repeats` timed calls after one untimed warm-up (seconds)."""
+    fn()
+    return min(_timed(fn, device) for _ in range(repeats))
+
+
 def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5, device: str = "cpu") -> float:
     """Best copy rate over `repeats` (bytes read + bytes written, GB/s), multi-threaded through torch when
-    present (as the engines read weights), numpy otherwise. On "cuda": a device-to-device copy of 4× `mb`
-    (the GPU's caches are tens of MB)."""
-    n = mb * 2**20 // 4
+    present (as the engines read weights), numpy otherwise. On "cuda": a device-to-device copy."""
+    n = _floats(mb, device)
     try:
         import torch
 
-        if device == "cuda":
-            n *= 4
         src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
         copy = lambda: dst.copy_(src)  # noqa: E731
     except ImportError:
         src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
         copy = lambda: np.copyto(dst, src)  # noqa: E731
-    copy()
-    best = min(_timed(copy, device) for _ in range(repeats))
-    return 2 * n * 4 / best / 1e9
+    return 2 * n * 4 / _best(copy, repeats, device) / 1e9
 
 
 def memory_read_gbs(mb: int = 512, repeats: int = 5, device: str = "cpu") -> float:
     """Best read-only rate over `repeats` (a sum over `mb` of float32, GB/s): what a decode step does with
     its weights, which it reads and never writes. On a VM the rate moves with the neighbours' load, so a
     benchmark measures it in the same run as the engines."""
-    n = mb * 2**20 // 4 * (4 if device == "cuda" else 1)
+    n = _floats(mb, device)
     try:
         import torch
 
         a = torch.ones(n, device=device)
-        read = lambda: a.sum()  # noqa: E731
     except ImportError:
         a = np.ones(n, np.float32)
-        read = lambda: a.sum()  # noqa: E731
-    read()
-    best = min(_timed(read, device) for _ in range(repeats))
-    return n * 4 / best / 1e9
+    return n * 4 / _best(a.sum, repeats, device) / 1e9
 
 
 def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32", device: str = "cpu") -> float:
@@ -102,9 +104,7 @@ def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32", devi
     except ImportError:
         a, b = np.random.rand(size, size).astype(np.float32), np.random.rand(size, size).astype(np.float32)
         mm = lambda: a @ b  # noqa: E731
-    mm()
-    best = min(_timed(mm, device) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / _best(mm, repeats, device) / 1e9
 
 
 def sync(device: str) -> None:

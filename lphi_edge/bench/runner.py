@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,10 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
     from lphi_edge.export.manifest import is_export_dir
 
     path = resolve_model_dir(model, cfg.backend)
-    rss0, t0 = rss_mb(), time.perf_counter()
     extra = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
-    assistant = Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device, dtype=dtype, **extra)
-    load_s, load_rss = time.perf_counter() - t0, max(0.0, rss_mb() - rss0)
+    assistant, load_s, load_rss = _load(
+        lambda: Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device, dtype=dtype, **extra)
+    )
     be = assistant.backend
     if is_export_dir(path):
         manifest = json.loads((path / "manifest.json").read_text())
@@ -139,15 +140,20 @@ def load_baseline(model: str, cfg: BenchConfig) -> Target:
     from lphi_edge.bench.hf import HFBaseline
 
     path = resolve_model_dir(model)
-    rss0, t0 = rss_mb(), time.perf_counter()
-    hf = HFBaseline(path, cfg.device)
-    load_s, load_rss = time.perf_counter() - t0, max(0.0, rss_mb() - rss0)
+    hf, load_s, load_rss = _load(lambda: HFBaseline(path, cfg.device))
     weights, decode = _torch_bytes(hf.model)
     arch = Arch.from_config(hf.model.config)
     return Target(
         "transformers/fp32", hf, "transformers", "fp32", cfg.device, str(model), load_s, weights / 2**20, decode, arch,
         load_rss,
     )  # fmt: skip
+
+
+def _load(make: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(make(), seconds it took, MB the process's resident memory grew by meanwhile)."""
+    rss0, t0 = rss_mb(), time.perf_counter()
+    obj = make()
+    return obj, time.perf_counter() - t0, max(0.0, rss_mb() - rss0)
 
 
 def _torch_bytes(model) -> tuple[int, int]:
@@ -217,7 +223,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         ]
         baseline = load_baseline(ckpts[0], cfg)
     everyone = targets + ([baseline] if baseline else [])
-    logger.info("measuring the machine's floor (copy and matmul tests)")
+    logger.info("measuring the machine's floor (copy, read and matmul tests)")
     dev = cfg.device
     bandwidth, read_bw = memory_bandwidth_gbs(device=dev), memory_read_gbs(device=dev)
     fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)

@@ -29,7 +29,6 @@ from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.export import onnx_parts
 from lphi_edge.export.manifest import FORMAT, FORMAT_VERSION, PARTS, Manifest, file_table, sha256_file
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
-from lphi_edge.export.rewrites import simplify_attention
 from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
 from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
 
@@ -127,7 +126,6 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
             t0 = time.perf_counter()
             if stage in PARTS:
                 _EXPORTERS[stage](model, tmp / f"{stage}.onnx", config.opset)
-                simplify_attention(tmp / f"{stage}.onnx")
             elif stage == "precision":
                 _convert_precision(tmp, config)
             elif stage == "manifest":

@@ -18,6 +18,7 @@ from torch.export import Dim
 from transformers import DynamicCache
 
 from lphi_edge.export.manifest import decoder_io_names
+from lphi_edge.export.rewrites import simplify_attention
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -92,19 +93,19 @@ def _export(
 ) -> None:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
-        torch.onnx.export(
+        program = torch.onnx.export(
             module,
             (),
-            str(path),
             kwargs=kwargs,
             dynamo=True,
             dynamic_shapes=dynamic_shapes,
             input_names=input_names,
             output_names=output_names,
             opset_version=opset,
-            external_data=True,
             verbose=False,
         )
+    simplify_attention(program.model)
+    program.save(str(path), external_data=True)
 
 
 def export_vision(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:

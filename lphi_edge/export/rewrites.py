@@ -12,7 +12,6 @@ export's verification gate checks the result against PyTorch like any other expo
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
@@ -36,13 +35,9 @@ def _is_4d(context, key, **_) -> bool:
 KEY_TRANSPOSE_RULE = pattern.RewriteRule(_key_transpose_detour, _key_transpose, _is_4d)
 
 
-def simplify_attention(path: Path) -> int:
-    """Rewrite `path` (an ONNX file with `path.data` beside it) in place; returns how many attention
-    blocks were rewritten (0 leaves the files untouched)."""
-    model = ir.load(path)
+def simplify_attention(model: ir.Model) -> int:
+    """Rewrite an exported model in memory (before it is saved); returns how many attention blocks changed."""
     n = KEY_TRANSPOSE_RULE.apply_to_model(model)
     if n:
-        ir.external_data.load_to_model(model)  # read every weight before the data file is replaced
-        ir.save(model, path, external_data=path.name + ".data")
-        logger.info("%s: %d attention key transposes simplified", path.name, n)
+        logger.info("%s: %d attention key transposes simplified", model.graph.name, n)
     return n

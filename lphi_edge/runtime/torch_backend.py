@@ -25,6 +25,17 @@ from lphi_edge.runtime.backend import ModelSpec
 logger = logging.getLogger(__name__)
 
 
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _rewind(cache: StaticCache, length: int) -> None:
+    """Set every layer of a StaticCache to hold `length` positions: later ones are overwritten and masked."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.cumulative_length.fill_(length)
+
+
 class TorchCache:
     """transformers' DynamicCache behind the KVCache protocol."""
 
@@ -42,11 +53,7 @@ class TorchCache:
 
     def arrays(self) -> list[np.ndarray]:
         """key, value per layer as float32 numpy [B, H, P, Dh] (for verification)."""
-        return [
-            t.detach().to("cpu", torch.float32).numpy()
-            for layer in self.cache.layers
-            for t in (layer.keys, layer.values)
-        ]
+        return [_to_numpy(t) for layer in self.cache.layers for t in (layer.keys, layer.values)]
 
 
 class StaticTorchCache:
@@ -69,17 +76,11 @@ class StaticTorchCache:
     def crop(self, length: int) -> None:
         self.check()
         if length < self.length:
-            for layer in self.cache.layers:
-                if layer.is_initialized:
-                    layer.cumulative_length.fill_(length)  # later positions are overwritten and masked
+            _rewind(self.cache, length)
             self.length = length
 
     def arrays(self) -> list[np.ndarray]:
-        return [
-            t[:, :, : self.length].detach().to("cpu", torch.float32).numpy()
-            for layer in self.cache.layers
-            for t in (layer.keys, layer.values)
-        ]
+        return [_to_numpy(t[:, :, : self.length]) for layer in self.cache.layers for t in (layer.keys, layer.values)]
 
 
 class _DecodeGraph:
@@ -163,19 +164,15 @@ class TorchBackend:
     def _to_torch(self, a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.model.device, dtype)
 
-    @staticmethod
-    def _to_numpy(t: torch.Tensor) -> np.ndarray:
-        return t.detach().to("cpu", torch.float32).numpy()
-
     @torch.inference_mode()
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """f32 [B, 3, H, W] → f32 [B, N, D]."""
-        return self._to_numpy(self.model.encode_images(self._to_torch(pixel_values, self.model.dtype)))
+        return _to_numpy(self.model.encode_images(self._to_torch(pixel_values, self.model.dtype)))
 
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         """i64 [B, S] → f32 [B, S, D]."""
-        return self._to_numpy(self.model.embed_tokens(self._to_torch(input_ids)))
+        return _to_numpy(self.model.embed_tokens(self._to_torch(input_ids)))
 
     @torch.inference_mode()
     def new_cache(self, batch_size: int = 1) -> TorchCache | StaticTorchCache:
@@ -184,9 +181,7 @@ class TorchBackend:
         if self._static is None:
             self._static = StaticCache(config=self.model.config.text, max_cache_len=self.spec.context_length)
         self._epoch += 1
-        for layer in self._static.layers:
-            if layer.is_initialized:
-                layer.cumulative_length.zero_()  # positions of the previous handle are overwritten and masked
+        _rewind(self._static, 0)  # the previous handle's positions
         return StaticTorchCache(self._static, self._epoch, self)
 
     def _static_mask(self, attention_mask: np.ndarray, start: int, s: int) -> torch.Tensor:
@@ -217,7 +212,7 @@ class TorchBackend:
             cache=past.cache,
             logits_to_keep=1,
         )
-        return self._to_numpy(out.logits), past  # logits (B, 1, V); cache extended in place
+        return _to_numpy(out.logits), past  # logits (B, 1, V); cache extended in place
 
     def _decode_static(
         self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: StaticTorchCache
@@ -236,4 +231,4 @@ class TorchBackend:
         else:
             logits = self.model(embeds, mask, positions, cache=past.cache, logits_to_keep=1).logits
         past.length += s
-        return self._to_numpy(logits), past  # logits (1, 1, V)
+        return _to_numpy(logits), past  # logits (1, 1, V)
