@@ -17,6 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from std_msgs.msg import String
 
+RETRY_S = 5.0  # ask again after this long without a reply
 PROMPTS = ("How many shapes are there?", "Describe the image briefly.", "Is there a red circle?")
 
 
@@ -25,6 +26,39 @@ def _spawn(module: str, *ros_args: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], stderr=log, text=True)
     proc.log = log  # type: ignore[attr-defined]
     return proc
+
+
+def _ask(
+    q: str, prompts, answers: list[str], diags: list[dict[str, str]], streamed: list[str], spin_for, timeout: float
+) -> dict[str, str]:
+    """Publish `q` until the VQA node's diagnostics report an answer to it about a camera frame.
+
+    Discovery is per endpoint and asymmetric, so the first prompt can reach a node whose answer publisher has not
+    yet matched this subscriber (or whose image subscription has not yet matched the camera, answered "[no frame]"):
+    ask again after a no-frame answer, or after RETRY_S seconds with neither a reply nor a streamed token (a slow
+    model that is streaming its answer is not asked twice), until `timeout`."""
+    deadline = time.time() + timeout
+
+    def wait(seconds: float, until) -> None:
+        spin_for(min(seconds, max(0.0, deadline - time.time())), until)
+
+    while time.time() < deadline:
+        start = len(diags)
+        prompts.publish(String(data=q))
+        replied = lambda start=start: next((d for d in diags[start:] if d.get("prompt") == q), None)  # noqa: E731
+        n_streamed = -1
+        while replied() is None and len(streamed) > n_streamed and time.time() < deadline:  # streaming: wait
+            n_streamed = len(streamed)
+            wait(RETRY_S, lambda r=replied: r() is not None)
+        reply = replied()
+        if reply is None:
+            print(f"lphi-ros-demo: no reply to {q!r} yet, asking again", file=sys.stderr)
+        elif reply["answer"].startswith("[no frame]"):
+            wait(0.5, lambda: False)
+        else:
+            wait(0.2, lambda a=reply["answer"]: bool(answers) and answers[-1] == a)  # the answer topic, too
+            return reply
+    raise RuntimeError(f"no answer about a camera frame to {q!r} within {timeout:g} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     node = Node("lphi_ros_demo")
     answers: list[str] = []
     diags: list[dict[str, str]] = []
-    node.create_subscription(String, "answer", lambda m: answers.append(m.data), 10)
+    answer_sub = node.create_subscription(String, "answer", lambda m: answers.append(m.data), 10)
 
     def on_diag(msg: DiagnosticArray) -> None:
         for s in msg.status:
@@ -50,37 +84,42 @@ def main(argv: list[str] | None = None) -> int:
             if "answer" in values:
                 diags.append(values)
 
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    streamed: list[str] = []
+    node.create_subscription(String, "answer/stream", lambda m: streamed.append(m.data), 10)
+    diag_sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     prompts = node.create_publisher(String, "prompt", 10)
+
+    def spin_for(seconds: float, until=lambda: False) -> None:
+        end = time.time() + seconds
+        while time.time() < end and not until():
+            rclpy.spin_once(node, timeout_sec=0.05)
+            if vqa.poll() is not None or cam.poll() is not None:
+                raise RuntimeError("a node exited")
+
+    def ready() -> bool:  # every link of the graph discovered, from this side
+        return (
+            prompts.get_subscription_count() > 0
+            and answer_sub.get_publisher_count() > 0
+            and diag_sub.get_publisher_count() > 0
+            and node.count_publishers("image") > 0
+        )
+
     status = 0
     try:
-        deadline = time.time() + args.timeout
-        while time.time() < deadline and (prompts.get_subscription_count() == 0 or node.count_publishers("image") == 0):
-            rclpy.spin_once(node, timeout_sec=0.1)
-            if vqa.poll() is not None or cam.poll() is not None:
-                raise RuntimeError("a node exited during start-up")
-        t_wait = time.time() + 1.0
-        while time.time() < t_wait:  # let a few frames arrive
-            rclpy.spin_once(node, timeout_sec=0.05)
+        spin_for(args.timeout, ready)
+        if not ready():
+            raise RuntimeError(f"the vqa and camera nodes were not discovered within {args.timeout:g} s")
+        spin_for(1.0)  # let a few frames arrive
         print(f"vqa_node ({args.model}, {args.backend}) + camera_node (synthetic shapes, {args.rate_hz:g} Hz)")
         for q in args.prompt or PROMPTS:
-            t_next = time.time() + 0.3  # a fresh frame for each question
-            while time.time() < t_next:
-                rclpy.spin_once(node, timeout_sec=0.05)
-            n = len(answers)
-            prompts.publish(String(data=q))
-            t_end = time.time() + args.timeout
-            while time.time() < t_end and (len(answers) == n or len(diags) <= n):
-                rclpy.spin_once(node, timeout_sec=0.05)
-            if len(answers) == n:
-                raise RuntimeError(f"no answer to {q!r} within {args.timeout:g} s")
-            d = diags[n] if len(diags) > n else {}
+            spin_for(0.3)  # a fresh frame for each question
+            reply = _ask(q, prompts, answers, diags, streamed, spin_for, args.timeout)
             print(f"Q: {q}")
-            print(f"A: {answers[n]}")
+            print(f"A: {reply.get('answer', '?')}")
             print(
-                f"   frame → answer {d.get('frame_to_answer_ms', '?')} ms (frame age at start "
-                f"{d.get('frame_age_ms', '?')} ms, vision {d.get('vision_ms', '?')} ms, "
-                f"{d.get('tokens_per_s', '?')} tokens/s)"
+                f"   frame → answer {reply.get('frame_to_answer_ms', '?')} ms (frame age at start "
+                f"{reply.get('frame_age_ms', '?')} ms, vision {reply.get('vision_ms', '?')} ms, "
+                f"{reply.get('tokens_per_s', '?')} tokens/s)"
             )
     except RuntimeError as e:
         print(f"lphi-ros-demo: {e}", file=sys.stderr)
@@ -98,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait()
             proc.log.seek(0)
             err = proc.log.read()
-            if proc.returncode != 0:
-                print(f"{name} exited with {proc.returncode}:\n{err[-2000:]}", file=sys.stderr)
+            if proc.returncode != 0 or status != 0:
+                print(f"{name} exited with {proc.returncode}; its log ends:\n{err[-2000:]}", file=sys.stderr)
                 status = status or 1
     return status
 
