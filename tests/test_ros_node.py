@@ -437,3 +437,59 @@ def test_ros_demo_runs_end_to_end():
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("Q: ") == 3 and out.stdout.count("A: ") == 3
     assert out.stdout.count("frame → answer") == 3 and "[no frame]" not in out.stdout
+
+
+def test_ros_demo_asks_again_after_silence_and_no_frame_replies(ros):
+    """The demo's client side against a node that loses the first prompt and has no frame for the second."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    from lphi_edge.ros import demo
+
+    ns = f"/demo_retry_{os.getpid()}"
+    server, client = Node("fake_vqa", namespace=ns), Node("client", namespace=ns)
+    answer_pub = server.create_publisher(String, "answer", 10)
+    diag_pub = server.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    seen: list[str] = []
+
+    def on_prompt(msg: String) -> None:
+        seen.append(msg.data)
+        if len(seen) == 1:
+            return  # lost
+        text = "[no frame] none yet" if len(seen) == 2 else "3"
+        answer_pub.publish(String(data=text))
+        values = [KeyValue(key="prompt", value=msg.data), KeyValue(key="answer", value=text)]
+        diag_pub.publish(DiagnosticArray(status=[DiagnosticStatus(name=f"{ns}/vqa_node: vqa", values=values)]))
+
+    server.create_subscription(String, "prompt", on_prompt, 10)
+    answers, diags = [], []
+    client.create_subscription(String, "answer", lambda m: answers.append(m.data), 10)
+    client.create_subscription(
+        DiagnosticArray,
+        "/diagnostics",
+        lambda m: diags.extend({kv.key: kv.value for kv in s.values} for s in m.status),
+        10,
+    )
+    prompts = client.create_publisher(String, "prompt", 10)
+    executor = SingleThreadedExecutor()
+    executor.add_node(server)
+    executor.add_node(client)
+
+    def spin_for(seconds, until=lambda: False):
+        end = time.time() + seconds
+        while time.time() < end and not until():
+            executor.spin_once(timeout_sec=0.02)
+
+    try:
+        spin_for(10, lambda: prompts.get_subscription_count() > 0 and client.count_publishers("/diagnostics") > 0)
+        spin_for(0.5)
+        t0 = time.time()
+        reply = demo._ask("How many shapes are there?", prompts, answers, diags, [], spin_for, timeout=30)
+        assert reply["answer"] == "3" and len(seen) == 3
+        assert demo.RETRY_S <= time.time() - t0 < demo.RETRY_S + 5  # one silent wait, then the no-frame retry
+        with pytest.raises(RuntimeError, match="no answer about a camera frame to 'Again\\?' within 1 s"):
+            seen.clear()
+            demo._ask("Again?", prompts, answers, diags, [], spin_for, timeout=1)
+    finally:
+        executor.shutdown()
+        server.destroy_node()
+        client.destroy_node()
