@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -301,6 +302,37 @@ def test_make_shapes_writes_llava_json(shapes):
     assert len((shapes / "scenes.jsonl").read_text().splitlines()) == 24
 
 
+def test_binding_questions_defeat_the_colour_only_and_shape_only_shortcuts(tmp_path):
+    from lphi_edge.data.shapes import answer_question, binding_questions, random_scene
+
+    rng = np.random.default_rng(0)
+    wrong_if_colour_only = wrong_if_shape_only = total = 0
+    for _ in range(200):
+        scene = random_scene(rng)
+        for qa in binding_questions(scene, rng):
+            assert answer_question(scene, qa.question) == qa.answer  # every answer is the task's own
+            if qa.kind == "exists":
+                total += 1
+                color, kind = qa.question.removeprefix("Is there a ").removesuffix("?").split()
+                by_colour = "yes" if color in {s.color for s in scene} else "no"
+                by_shape = "yes" if kind in {s.kind for s in scene} else "no"
+                wrong_if_colour_only += by_colour != qa.answer
+                wrong_if_shape_only += by_shape != qa.answer
+    assert total >= 790 and wrong_if_colour_only / total >= 0.2 and wrong_if_shape_only / total >= 0.2
+    # the dataset: finetune_binding.json = finetune.json + those questions; every other file as without --binding
+    plain = write_shapes_dataset(tmp_path / "plain", n=12, seed=5, size=96, multi_turn=0.5)
+    both = write_shapes_dataset(tmp_path / "both", n=12, seed=5, size=96, multi_turn=0.5, binding=True)
+    for name in ("pretrain.json", "finetune.json", "scenes.jsonl", "images/000011.png"):
+        assert (plain / name).read_bytes() == (both / name).read_bytes(), name
+    assert not (plain / "finetune_binding.json").exists()
+    fin, bind = (
+        json.loads((both / "finetune.json").read_text()),
+        json.loads((both / "finetune_binding.json").read_text()),
+    )
+    assert bind[: len(fin)] == fin and len(bind) > len(fin) + 12 * 4
+    assert all(r["id"].startswith("bind-") and len(r["conversations"]) == 2 for r in bind[len(fin) :])
+
+
 def test_qlora_is_refused_clearly_where_it_cannot_run(tiny_ckpt, shapes, tmp_path):
     with pytest.raises(ConfigError, match="qlora trains LoRA adapters over a 4-bit LM: it needs lora=true"):
         TrainConfig(stage="finetune", model="m", data="d", out="o", qlora=True)
@@ -318,8 +350,8 @@ def test_vision_pretraining_trains_the_tower_from_scene_labels(tiny_ckpt, tmp_pa
     from lphi_edge.train.vision_pretrain import LABELS, PAIRS, load_labels, pretrain_vision
 
     data = write_shapes_dataset(tmp_path / "d", n=530, seed=2, size=96)
-    paths, present, counts = load_labels(data, 530)
-    assert present.shape == (530, len(LABELS)) and set(counts) <= {0, 1, 2}
+    paths, present, counts, patches = load_labels(data, 530)
+    assert present.shape == (530, len(LABELS)) and set(counts) <= {0, 1, 2} and patches.shape == (530, 0)
     pairs = present[:, : len(PAIRS)].sum(1)
     assert (pairs >= 1).all() and (pairs <= counts + 1).all()
     model = load_checkpoint(tiny_ckpt)
@@ -330,3 +362,24 @@ def test_vision_pretraining_trains_the_tower_from_scene_labels(tiny_ckpt, tmp_pa
     assert set(scores) == {"pairs_exact", "shapes_exact", "count"} and all(0 <= v <= 1 for v in scores.values())
     after = model.vision_tower.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # per patch: every patch feature also names the shape it shows (the binding), scored on held-out frames
+    grown = {k: v.clone() for k, v in after.items()}
+    scores = pretrain_vision(model.vision_tower, proc, data, steps=3, batch=8, frames=530, per_patch=True)
+    assert {"patches", "patches_exact"} <= set(scores) and 0 < scores["patches"] <= 1
+    assert any(not torch.equal(grown[k], v) for k, v in model.vision_tower.state_dict().items())
+
+
+def test_patch_labels_name_the_shape_covering_each_patch():
+    from lphi_edge.train.vision_pretrain import BACKGROUND, PAIRS, patch_labels
+
+    big = {"x": 0, "y": 0, "size": 56, "color": "red", "kind": "circle"}  # exactly patches (0..1, 0..1)
+    small = {"x": 150, "y": 100, "size": 28, "color": "blue", "kind": "square"}  # straddles 4 patches
+    grid = patch_labels([big, small], 224, 8).reshape(8, 8)
+    red_circle, blue_square = PAIRS.index(("red", "circle")), PAIRS.index(("blue", "square"))
+    assert (grid[:2, :2] == red_circle).all()
+    # the small square covers 37 % and 28 % of patches (4, 5) and (3, 5), under a quarter of the other two
+    assert grid[4, 5] == blue_square and grid[3, 5] == blue_square and grid[3, 6] == grid[4, 6] == BACKGROUND
+    assert (grid == BACKGROUND).sum() == 64 - 4 - 2
+    tiny = {"x": 20, "y": 20, "size": 16, "color": "green", "kind": "triangle"}  # centre (28, 28); no patch ¼ covered
+    grid = patch_labels([tiny], 224, 8).reshape(8, 8)
+    assert grid[1, 1] == PAIRS.index(("green", "triangle")) and (grid == BACKGROUND).sum() == 63  # its centre

@@ -57,6 +57,11 @@ def make_shapes(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--multi-turn", type=float, default=0.5, help="share of frames given one multi-turn conversation")
+    p.add_argument(
+        "--binding",
+        action="store_true",
+        help="also write finetune_binding.json: the conversations + questions only the colour-shape binding answers",
+    )
     args = p.parse_args(argv)
     setup_logging(False)
 
@@ -70,7 +75,8 @@ def make_shapes(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--n must be ≥ 1, got {args.n}")
         if not 0.0 <= args.multi_turn <= 1.0:
             raise ConfigError(f"--multi-turn must be a probability in [0, 1], got {args.multi_turn}")
-        print(f"wrote {write_shapes_dataset(Path(args.out), args.n, args.seed, args.size, args.multi_turn)}")
+        out = write_shapes_dataset(Path(args.out), args.n, args.seed, args.size, args.multi_turn, args.binding)
+        print(f"wrote {out}")
         return 0
 
     return run("lphi-make-shapes", _main)

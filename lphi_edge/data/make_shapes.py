@@ -4,6 +4,7 @@ DIR/images/000000.png ...
 DIR/pretrain.json   stage 1, LLaVA "plain": [{"id", "image", "conversations": [human "<image>", gpt caption]}]
 DIR/finetune.json   stage 2: every question type, single- and multi-turn conversations
 DIR/scenes.jsonl    ground truth per frame (shapes, colours, boxes) for evaluation
+DIR/finetune_binding.json   (with `binding`) finetune.json + single-turn `binding_questions` for every frame
 """
 
 from __future__ import annotations
@@ -17,17 +18,36 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lphi_edge.atomic import atomic_directory
-from lphi_edge.data.shapes import DESCRIBE, QA, caption, questions, random_scene, render
+from lphi_edge.data.shapes import DESCRIBE, QA, binding_questions, caption, questions, random_scene, render
 
 
-def write_shapes_dataset(out: Path, n: int, seed: int, size: int = 224, multi_turn: float = 0.5) -> Path:
+def _single_turn(record_id: str, image: str, qas: list[QA]) -> list[dict]:
+    return [
+        {
+            "id": f"{record_id}-{k}",
+            "image": image,
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{qa.question}"},
+                {"from": "gpt", "value": qa.answer},
+            ],
+        }
+        for k, qa in enumerate(qas)
+    ]
+
+
+def write_shapes_dataset(
+    out: Path, n: int, seed: int, size: int = 224, multi_turn: float = 0.5, binding: bool = False
+) -> Path:
     """n frames; each gets a caption record and one conversation: with probability `multi_turn` a multi-turn
     one holding every question and a DESCRIBE turn (the caption, which names every object: a dense signal
-    for a vision tower trained in stage 2) in random order, otherwise one single-turn record per question."""
+    for a vision tower trained in stage 2) in random order, otherwise one single-turn record per question.
+    With `binding`, also finetune_binding.json: the same conversations plus `binding_questions` for every frame,
+    drawn from a random stream of their own (every other file is the same as without)."""
     if not 0.0 <= multi_turn <= 1.0:
         raise ValueError(f"multi_turn must be a probability in [0, 1], got {multi_turn}")
     rng = np.random.default_rng(seed)
-    pretrain, finetune = [], []
+    drill_rng = np.random.default_rng([seed, 1])
+    pretrain, finetune, drill = [], [], []
     with atomic_directory(out) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "scenes.jsonl", "w") as scenes:
@@ -56,17 +76,11 @@ def write_shapes_dataset(out: Path, n: int, seed: int, size: int = 224, multi_tu
                         turns += [{"from": "human", "value": q}, {"from": "gpt", "value": qa.answer}]
                     finetune.append({"id": f"qa-{i}", "image": name, "conversations": turns})
                 else:
-                    finetune += [
-                        {
-                            "id": f"qa-{i}-{k}",
-                            "image": name,
-                            "conversations": [
-                                {"from": "human", "value": f"<image>\n{qa.question}"},
-                                {"from": "gpt", "value": qa.answer},
-                            ],
-                        }
-                        for k, qa in enumerate(qas)
-                    ]
+                    finetune += _single_turn(f"qa-{i}", name, qas)
+                if binding:
+                    drill += _single_turn(f"bind-{i}", name, binding_questions(scene, drill_rng))
         (tmp / "pretrain.json").write_text(json.dumps(pretrain))
         (tmp / "finetune.json").write_text(json.dumps(finetune))
+        if binding:
+            (tmp / "finetune_binding.json").write_text(json.dumps(finetune + drill))
     return out

@@ -53,7 +53,9 @@ def task_corpus(n: int = 2000, seed: int = 0) -> list[str]:
     return texts
 
 
-def write_demo_init(out: Path, seed: int = 0, vision_data: Path | None = None, vision_steps: int = 4000) -> Path:
+def write_demo_init(
+    out: Path, seed: int = 0, vision_data: Path | None = None, vision_steps: int = 4000, per_patch: bool = False
+) -> Path:
     """The starting checkpoint; with `vision_data` (a lphi-make-shapes directory) its vision tower is first
     pretrained on that data's frames (lphi_edge.train.vision_pretrain), as LLaVA starts from a pretrained CLIP."""
     spec = DEMO_SPEC
@@ -86,7 +88,13 @@ def write_demo_init(out: Path, seed: int = 0, vision_data: Path | None = None, v
             from lphi_edge.train.vision_pretrain import pretrain_vision
 
             pretrain_vision(
-                model.vision_tower, processor, vision_data, config.select_layer, steps=vision_steps, seed=seed
+                model.vision_tower,
+                processor,
+                vision_data,
+                config.select_layer,
+                steps=vision_steps,
+                seed=seed,
+                per_patch=per_patch,
             )
         return save_checkpoint(model, out, tokenizer_dir=tmp, processor=processor, overwrite=True)
 
@@ -97,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vision-data", help="lphi-make-shapes directory: pretrain the vision tower on its frames first")
     p.add_argument("--vision-steps", type=int, default=4000)
+    p.add_argument("--vision-per-patch", action="store_true", help="also teach every patch feature the shape it shows")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = Path(args.vision_data) if args.vision_data else None
-    logger.info("wrote %s", write_demo_init(Path(args.out), args.seed, data, args.vision_steps))
+    logger.info("wrote %s", write_demo_init(Path(args.out), args.seed, data, args.vision_steps, args.vision_per_patch))
     return 0
 
 

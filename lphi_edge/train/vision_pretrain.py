@@ -28,12 +28,37 @@ logger = logging.getLogger(__name__)
 PAIRS = [(c, k) for c in COLORS for k in SHAPES]  # 12 (colour, shape) presence labels
 LABELS = [*PAIRS, *SHAPES, *COLORS]  # + shape presence + colour presence: 19 binary labels
 MAX_COUNT = 3
+BACKGROUND = len(PAIRS)  # patch label of a patch no shape covers enough of
 
 
-def load_labels(data_dir: Path, limit: int) -> tuple[list[Path], np.ndarray, np.ndarray]:
+def patch_labels(shapes: list[dict], frame_size: int, grid: int) -> np.ndarray:
+    """(grid², ) the (colour, shape) index of the shape whose bounding box covers most of each patch (row-major,
+    as the tower's patch tokens), BACKGROUND where none covers a quarter of it; the patch holding a shape's
+    centre always carries that shape, so the smallest shapes are never unlabelled."""
+    cell = frame_size / grid
+    edges = np.arange(grid + 1) * cell
+    cover = np.zeros((len(shapes), grid, grid))  # fraction of each patch inside each shape's box
+    for i, s in enumerate(shapes):
+        ov_x = np.clip(np.minimum(edges[1:], s["x"] + s["size"]) - np.maximum(edges[:-1], s["x"]), 0, None)
+        ov_y = np.clip(np.minimum(edges[1:], s["y"] + s["size"]) - np.maximum(edges[:-1], s["y"]), 0, None)
+        cover[i] = np.outer(ov_y, ov_x) / cell**2
+    labels = np.full((grid, grid), BACKGROUND, np.int64)
+    if shapes:
+        best = cover.argmax(0)
+        ids = np.array([PAIRS.index((s["color"], s["kind"])) for s in shapes])
+        labels = np.where(cover.max(0) >= 0.25, ids[best], labels)
+        for s, pair in zip(shapes, ids):
+            cx, cy = (s["x"] + s["size"] / 2) // cell, (s["y"] + s["size"] / 2) // cell
+            labels[min(int(cy), grid - 1), min(int(cx), grid - 1)] = pair
+    return labels.reshape(-1)
+
+
+def load_labels(
+    data_dir: Path, limit: int, frame_size: int = 224, grid: int = 0
+) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray]:
     """Frames of a lphi-make-shapes directory, their presence labels (N, 19: the (colour, shape) pairs, the
-    shapes, the colours) and count − 1 (N,)."""
-    paths, present, counts = [], [], []
+    shapes, the colours), count − 1 (N,) and, with `grid`, per-patch labels (N, grid²; else (N, 0))."""
+    paths, present, counts, patches = [], [], [], []
     for line in (data_dir / "scenes.jsonl").read_text().splitlines()[:limit]:
         rec = json.loads(line)
         here = {(s["color"], s["kind"]) for s in rec["shapes"]}
@@ -41,7 +66,8 @@ def load_labels(data_dir: Path, limit: int) -> tuple[list[Path], np.ndarray, np.
         paths.append(data_dir / rec["image"])
         present.append([label in here for label in LABELS])
         counts.append(len(rec["shapes"]) - 1)
-    return paths, np.asarray(present, np.float32), np.asarray(counts, np.int64)
+        patches.append(patch_labels(rec["shapes"], frame_size, grid) if grid else np.zeros(0, np.int64))
+    return paths, np.asarray(present, np.float32), np.asarray(counts, np.int64), np.stack(patches)
 
 
 def pretrain_vision(
@@ -54,38 +80,52 @@ def pretrain_vision(
     lr: float = 1e-3,
     frames: int = 12000,
     seed: int = 0,
+    per_patch: bool = False,
 ) -> dict[str, float]:
-    """Train `vision_tower` (a transformers CLIPVisionModel) in place; returns held-out accuracies."""
+    """Train `vision_tower` (a transformers CLIPVisionModel) in place; returns held-out accuracies.
+
+    With `per_patch`, a second linear head makes every selected-layer patch feature name the (colour, shape) of
+    the shape it shows (`patch_labels`): the binding the language model needs for "What color is the square?"
+    and "Is there a blue square?" when the frame holds a blue circle and a red square."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    paths, present, counts = load_labels(data_dir, frames)
+    grid = vision_tower.config.image_size // vision_tower.config.patch_size if per_patch else 0
+    frame_size = load_image(data_dir / json.loads((data_dir / "scenes.jsonl").open().readline())["image"]).size
+    if per_patch and frame_size[0] != frame_size[1]:
+        raise ValueError(f"per-patch labels need square frames, got {frame_size[0]}×{frame_size[1]}")
+    paths, present, counts, patches = load_labels(data_dir, frames, frame_size[0], grid)
     proc = ImageProcessor(processor)
     pixels = torch.from_numpy(
         np.stack([proc(load_image(p))[0] for p in tqdm(paths, desc="vision pretrain: frames", unit="frame")])
     ).to(torch.float16)  # (N, 3, H, W), half precision to keep them in memory
-    present_t, counts_t = torch.from_numpy(present), torch.from_numpy(counts)
+    present_t, counts_t, patches_t = torch.from_numpy(present), torch.from_numpy(counts), torch.from_numpy(patches)
     held = np.arange(len(paths) - 500, len(paths))  # last 500 frames: held out
     train_ids = np.arange(len(paths) - 500)
     width = vision_tower.config.hidden_size
     head = torch.nn.Linear(width, len(LABELS) + MAX_COUNT)
+    patch_head = torch.nn.Linear(width, len(PAIRS) + 1) if per_patch else None  # + BACKGROUND
     params = list(vision_tower.parameters()) + list(head.parameters())
+    params += list(patch_head.parameters()) if patch_head is not None else []
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))
     )
 
-    def logits(idx: torch.Tensor) -> torch.Tensor:
+    def logits(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden = vision_tower(pixels[idx].float(), output_hidden_states=True).hidden_states[select_layer]
-        return head(hidden[:, 1:].mean(1))  # (B, 12 + 3) from the mean patch feature
+        per_frame = head(hidden[:, 1:].mean(1))  # (B, 19 + 3) from the mean patch feature
+        return per_frame, (patch_head(hidden[:, 1:]) if patch_head is not None else None)  # (B, grid², 13)
 
     vision_tower.train()
     bar = tqdm(range(steps), desc="vision pretrain", unit="step")
     for _ in bar:
         idx = torch.from_numpy(rng.choice(train_ids, size=batch, replace=False))
-        out = logits(idx)
+        out, per_patch_out = logits(idx)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, : len(LABELS)], present_t[idx])
         loss = loss + torch.nn.functional.cross_entropy(out[:, len(LABELS) :], counts_t[idx])
+        if per_patch_out is not None:
+            loss = loss + torch.nn.functional.cross_entropy(per_patch_out.flatten(0, 1), patches_t[idx].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -94,7 +134,8 @@ def pretrain_vision(
         bar.set_postfix(loss=f"{float(loss):.3f}")
     vision_tower.eval()
     with torch.no_grad():
-        out = torch.cat([logits(torch.from_numpy(held[i : i + 100])) for i in range(0, len(held), 100)])
+        outs = [logits(torch.from_numpy(held[i : i + 100])) for i in range(0, len(held), 100)]
+    out = torch.cat([o for o, _ in outs])
     h = torch.from_numpy(held)
     right = (out[:, : len(LABELS)] > 0) == (present_t[h] > 0.5)  # (500, 19)
     scores = {
@@ -102,5 +143,9 @@ def pretrain_vision(
         "shapes_exact": float(right[:, len(PAIRS) : len(PAIRS) + len(SHAPES)].all(1).float().mean()),
         "count": float((out[:, len(LABELS) :].argmax(1) == counts_t[h]).float().mean()),
     }
+    if patch_head is not None:
+        patch_right = torch.cat([p.argmax(-1) for _, p in outs]) == patches_t[h]  # (500, grid²)
+        scores["patches"] = float(patch_right.float().mean())
+        scores["patches_exact"] = float(patch_right.all(1).float().mean())
     logger.info("vision pretraining, held-out frames: %s", scores)
     return scores
