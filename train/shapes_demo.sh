@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 W=${WORK:-.cache/shapes-demo}
 BIN=.venv/bin
 mkdir -p "$W"
-[ -f "$W/data/finetune.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 30000 --seed 1 --multi-turn 0.6
-# the tiny vision tower is pretrained on the frames first (as LLaVA starts from a pretrained CLIP)
+[ -f "$W/data/finetune_binding.json" ] || $BIN/lphi-make-shapes --out "$W/data" --n 30000 --seed 1 --multi-turn 0.6 \
+    --binding
+# the tiny vision tower is pretrained on the frames first (as LLaVA starts from a pretrained CLIP), every patch
+# feature taught the (colour, shape) it shows
 [ -f "$W/init/config.json" ] || $BIN/python -m lphi_edge.train.demo "$W/init" --seed 0 \
-    --vision-data "$W/data" --vision-steps 4000
+    --vision-data "$W/data" --vision-steps 4000 --vision-per-patch
 [ -f "$W/stage1/model/config.json" ] || $BIN/lphi-train pretrain --config train/configs/shapes_pretrain.yaml \
     --model "$W/init" --data "$W/data/pretrain.json" --out "$W/stage1"
 [ -f "$W/stage2/model/config.json" ] || $BIN/lphi-train finetune --config train/configs/shapes_finetune.yaml \
-    --model "$W/stage1/model" --data "$W/data/finetune.json" --out "$W/stage2"
+    --model "$W/stage1/model" --data "$W/data/finetune_binding.json" --out "$W/stage2"
