@@ -461,8 +461,7 @@ def test_ros_demo_asks_again_after_silence_and_no_frame_replies(ros):
         diag_pub.publish(DiagnosticArray(status=[DiagnosticStatus(name=f"{ns}/vqa_node: vqa", values=values)]))
 
     server.create_subscription(String, "prompt", on_prompt, 10)
-    answers, diags = [], []
-    client.create_subscription(String, "answer", lambda m: answers.append(m.data), 10)
+    diags = []
     client.create_subscription(
         DiagnosticArray,
         "/diagnostics",
@@ -483,12 +482,12 @@ def test_ros_demo_asks_again_after_silence_and_no_frame_replies(ros):
         spin_for(10, lambda: prompts.get_subscription_count() > 0 and client.count_publishers("/diagnostics") > 0)
         spin_for(0.5)
         t0 = time.time()
-        reply = demo._ask("How many shapes are there?", prompts, answers, diags, [], spin_for, timeout=30)
+        reply = demo._ask("How many shapes are there?", prompts, diags, [], spin_for, timeout=30)
         assert reply["answer"] == "3" and len(seen) == 3
         assert demo.RETRY_S <= time.time() - t0 < demo.RETRY_S + 5  # one silent wait, then the no-frame retry
         with pytest.raises(RuntimeError, match="no answer about a camera frame to 'Again\\?' within 1 s"):
             seen.clear()
-            demo._ask("Again?", prompts, answers, diags, [], spin_for, timeout=1)
+            demo._ask("Again?", prompts, diags, [], spin_for, timeout=1)
     finally:
         executor.shutdown()
         server.destroy_node()

@@ -19,7 +19,7 @@ def test_shapes_demo_resolves_by_name_and_is_small():
 
 def test_shapes_demo_answers_fresh_frames():
     result = evaluate_shapes(Assistant.from_pretrained("shapes-demo"), n=40, seed=2024)
-    assert result["accuracy"] >= 0.85, result  # 0.924 here; 0.909 on 400 frames (benchmarks/results/shapes_demo_eval.json)
+    assert result["accuracy"] >= 0.85, result  # 0.924 here; 0.909 on 400 frames (results/shapes_demo_eval.json)
     assert result["per_type"]["shape"] >= 0.9 and result["per_type"]["count"] >= 0.9, result
 
 

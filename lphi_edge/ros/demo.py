@@ -28,13 +28,11 @@ def _spawn(module: str, *ros_args: str) -> subprocess.Popen:
     return proc
 
 
-def _ask(
-    q: str, prompts, answers: list[str], diags: list[dict[str, str]], streamed: list[str], spin_for, timeout: float
-) -> dict[str, str]:
+def _ask(q: str, prompts, diags: list[dict[str, str]], streamed: list[str], spin_for, timeout: float) -> dict[str, str]:
     """Publish `q` until the VQA node's diagnostics report an answer to it about a camera frame.
 
-    Discovery is per endpoint and asymmetric, so the first prompt can reach a node whose answer publisher has not
-    yet matched this subscriber (or whose image subscription has not yet matched the camera, answered "[no frame]"):
+    Discovery is per endpoint and asymmetric, so the first prompt can reach a node whose diagnostics publisher has
+    not yet matched this subscriber (or whose image subscription has not yet matched the camera, answered "[no frame]"):
     ask again after a no-frame answer, or after RETRY_S seconds with neither a reply nor a streamed token (a slow
     model that is streaming its answer is not asked twice), until `timeout`."""
     deadline = time.time() + timeout
@@ -56,7 +54,6 @@ def _ask(
         elif reply["answer"].startswith("[no frame]"):
             wait(0.5, lambda: False)
         else:
-            wait(0.2, lambda a=reply["answer"]: bool(answers) and answers[-1] == a)  # the answer topic, too
             return reply
     raise RuntimeError(f"no answer about a camera frame to {q!r} within {timeout:g} s")
 
@@ -74,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cam = _spawn("lphi_edge.ros.camera_node", "-p", "source:=shapes", "-p", f"rate_hz:={args.rate_hz}", "-p", "seed:=7")
     rclpy.init(args=[])
     node = Node("lphi_ros_demo")
-    answers: list[str] = []
-    diags: list[dict[str, str]] = []
-    answer_sub = node.create_subscription(String, "answer", lambda m: answers.append(m.data), 10)
+    diags: list[dict[str, str]] = []  # the node's replies: prompt, answer and timings in one message
 
     def on_diag(msg: DiagnosticArray) -> None:
         for s in msg.status:
@@ -99,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     def ready() -> bool:  # every link of the graph discovered, from this side
         return (
             prompts.get_subscription_count() > 0
-            and answer_sub.get_publisher_count() > 0
             and diag_sub.get_publisher_count() > 0
             and node.count_publishers("image") > 0
         )
@@ -113,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vqa_node ({args.model}, {args.backend}) + camera_node (synthetic shapes, {args.rate_hz:g} Hz)")
         for q in args.prompt or PROMPTS:
             spin_for(0.3)  # a fresh frame for each question
-            reply = _ask(q, prompts, answers, diags, streamed, spin_for, args.timeout)
+            reply = _ask(q, prompts, diags, streamed, spin_for, args.timeout)
             print(f"Q: {q}")
-            print(f"A: {reply.get('answer', '?')}")
+            print(f"A: {reply['answer']}")
             print(
                 f"   frame → answer {reply.get('frame_to_answer_ms', '?')} ms (frame age at start "
                 f"{reply.get('frame_age_ms', '?')} ms, vision {reply.get('vision_ms', '?')} ms, "

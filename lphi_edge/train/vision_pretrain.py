@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from lphi_edge.data.shapes import COLORS, SHAPES
@@ -53,11 +54,10 @@ def patch_labels(shapes: list[dict], frame_size: int, grid: int) -> np.ndarray:
     return labels.reshape(-1)
 
 
-def load_labels(
-    data_dir: Path, limit: int, frame_size: int = 224, grid: int = 0
-) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray]:
+def load_labels(data_dir: Path, limit: int, grid: int = 0) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray]:
     """Frames of a lphi-make-shapes directory, their presence labels (N, 19: the (colour, shape) pairs, the
-    shapes, the colours), count − 1 (N,) and, with `grid`, per-patch labels (N, grid²; else (N, 0))."""
+    shapes, the colours), count − 1 (N,) and, with `grid`, per-patch labels (N, grid²; else (N, 0)) — those
+    need square frames (the processor maps a square frame onto the patch grid without padding)."""
     paths, present, counts, patches = [], [], [], []
     for line in (data_dir / "scenes.jsonl").read_text().splitlines()[:limit]:
         rec = json.loads(line)
@@ -66,7 +66,14 @@ def load_labels(
         paths.append(data_dir / rec["image"])
         present.append([label in here for label in LABELS])
         counts.append(len(rec["shapes"]) - 1)
-        patches.append(patch_labels(rec["shapes"], frame_size, grid) if grid else np.zeros(0, np.int64))
+        if grid:
+            with Image.open(paths[-1]) as im:  # reads the header only
+                width, height = im.size
+            if width != height:
+                raise ValueError(f"per-patch labels need square frames, {paths[-1]} is {width}×{height}")
+            patches.append(patch_labels(rec["shapes"], width, grid))
+        else:
+            patches.append(np.zeros(0, np.int64))
     return paths, np.asarray(present, np.float32), np.asarray(counts, np.int64), np.stack(patches)
 
 
@@ -90,10 +97,7 @@ def pretrain_vision(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     grid = vision_tower.config.image_size // vision_tower.config.patch_size if per_patch else 0
-    frame_size = load_image(data_dir / json.loads((data_dir / "scenes.jsonl").open().readline())["image"]).size
-    if per_patch and frame_size[0] != frame_size[1]:
-        raise ValueError(f"per-patch labels need square frames, got {frame_size[0]}×{frame_size[1]}")
-    paths, present, counts, patches = load_labels(data_dir, frames, frame_size[0], grid)
+    paths, present, counts, patches = load_labels(data_dir, frames, grid)
     proc = ImageProcessor(processor)
     pixels = torch.from_numpy(
         np.stack([proc(load_image(p))[0] for p in tqdm(paths, desc="vision pretrain: frames", unit="frame")])
