@@ -40,6 +40,10 @@ def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
     for key in ("cpu", "cores", "threads", "gpu", "memory", "memory_bandwidth_gbs", "libraries"):
         assert key in m, key
     assert m["threads"] == 1 and m["memory_bandwidth_gbs"] > 0.1 and m["libraries"]["torch"].startswith("2.13.0")
+    # the memory rates are measured before every round (1 warm-up + 3 runs); the floor uses the best
+    assert len(m["memory_bandwidth_samples_gbs"]) == len(m["memory_read_samples_gbs"]) == 4
+    assert m["memory_bandwidth_gbs"] == max(m["memory_bandwidth_samples_gbs"])
+    assert m["memory_read_gbs"] == max(m["memory_read_samples_gbs"])
     assert [x["backend"] for x in r["results"]] == ["torch", "onnxruntime"]
     assert [x["precision"] for x in r["results"]] == ["fp32", "int8"]
     for res in [*r["results"], r["baseline"]]:

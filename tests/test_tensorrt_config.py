@@ -219,6 +219,17 @@ def test_matmulnbits_is_refused_with_the_export_hint(tmp_path):
     assert "MatMulNBits" in msg and "export without --quant for --trt" in msg and "\n" not in msg
 
 
+def test_shared_kv_decoder_is_refused_with_the_export_hint(tmp_path):
+    m = _manifest(tmp_path)
+    _write_onnx(tmp_path / "decoder_model_merged.onnx", "GroupQueryAttention", domain="com.microsoft")
+    with pytest.raises(ConfigError, match=r"GroupQueryAttention.*export with --kv-cache concat for --trt"):
+        _check_part(m, "decoder_model_merged", TrtBuildConfig().resolve(2048), _Trt10)
+    _write_onnx(tmp_path / "decoder_model_merged.onnx", "Relu")  # the manifest alone says so too
+    m.data["parts"]["decoder_model_merged"]["kv_cache"] = "shared"
+    with pytest.raises(ConfigError, match=r"--kv-cache concat"):
+        _check_part(m, "decoder_model_merged", TrtBuildConfig().resolve(2048), _Trt10)
+
+
 def test_int8_needs_qdq_in_the_decoder(tmp_path):
     m = _manifest(tmp_path)
     _write_onnx(tmp_path / "decoder_model_merged.onnx", "Relu")

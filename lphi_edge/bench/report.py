@@ -22,6 +22,11 @@ EXTRAPOLATED = (
 )
 
 
+def _samples(m: dict[str, Any]) -> str:
+    n = len(m.get("memory_bandwidth_samples_gbs") or ())
+    return f" (the best of {n} measurements through the run)" if n > 1 else ""
+
+
 def _read(m: dict) -> str:
     return f", read-only {m['memory_read_gbs']} GB/s" if "memory_read_gbs" in m else ""
 
@@ -44,7 +49,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['memory']}{gpu}; "
         f"measured {'on the GPU' if m.get('floors_measured_on') == 'cuda' else 'on the CPU'}: copy bandwidth "
-        f"{m['memory_bandwidth_gbs']} GB/s (read + write){_read(m)}, matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
+        f"{m['memory_bandwidth_gbs']} GB/s (read + write){_read(m)}{_samples(m)}, "
+        f"matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
         f"{m['compute_gflops_bf16']} bf16 (vision and prefill floors use the faster).",
         f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
         f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.",

@@ -1,7 +1,10 @@
 """lphi-export: split a LLaVA-Phi checkpoint into verified ONNX engines (and TensorRT on the target).
 
     lphi-export MODEL --out DIR [--fp16] [--quant int8|int4] [--block-size 32] [--quant-vision]
-                [--trt] [--opset 20] [--no-verify] [--overwrite]
+                [--kv-cache concat|shared] [--trt] [--opset 20] [--no-verify] [--overwrite]
+
+For onnxruntime on a CPU, `--quant int4 --block-size 256 --kv-cache shared` is the fastest decoder
+(benchmarks/README.md); `--kv-cache concat` (the default) is the one TensorRT can build.
 
 The verification report (per-part max |diff| and cosine, greedy answers vs the PyTorch model) is
 printed and stored in DIR/manifest.json; a failed verification exits non-zero and publishes nothing.
@@ -21,8 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="export directory to create")
     p.add_argument("--fp16", action="store_true", help="fp16 weights and compute (vision, embeddings, decoder)")
     p.add_argument("--quant", choices=["int8", "int4"], help="weight-only MatMulNBits quantization of the decoder")
-    p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        choices=(16, 32, 64, 128, 256),
+        help="quantization block size (default 32; 256 reads fewest scales per token)",
+    )
     p.add_argument("--quant-vision", action="store_true", help="quantize the vision encoder too")
+    p.add_argument(
+        "--kv-cache",
+        choices=("concat", "shared"),
+        default="concat",
+        help="concat: the decoder returns past + new (any runtime, TensorRT included); shared: onnxruntime "
+        "GroupQueryAttention writes new positions into one preallocated buffer — no whole-cache copy per token",
+    )
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines on this machine's GPU")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the PyTorch model")
@@ -52,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             verify=not args.no_verify,
             verify_pairs=args.verify_pairs,
             min_token_match=args.min_token_match,
+            kv_cache=args.kv_cache,
             trt=args.trt,
             overwrite=args.overwrite,
         )

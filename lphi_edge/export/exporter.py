@@ -37,11 +37,8 @@ logger = logging.getLogger(__name__)
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64"}
 
 
-_EXPORTERS = {
-    "vision_encoder": onnx_parts.export_vision,
-    "embed_tokens": onnx_parts.export_embed,
-    "decoder_model_merged": onnx_parts.export_decoder,
-}
+KV_CACHES = ("concat", "shared")
+GQA_HEAD_MULTIPLE = 8  # onnxruntime's GroupQueryAttention needs head_dim % 8 == 0
 
 
 class VerificationError(LphiError):
@@ -65,6 +62,10 @@ class ExportConfig:
         verify: compare against the PyTorch model before publishing (on by default).
         verify_pairs: frame/prompt pairs of the end-to-end check.
         min_token_match: also fail verification below this greedy token-match rate (e.g. to gate int4).
+        kv_cache: "concat" (the decoder returns past + new as new tensors: any runtime, TensorRT included) or
+            "shared" (onnxruntime GroupQueryAttention: the backend keeps one preallocated buffer per layer and
+            the decoder writes only the new positions into it — no whole-cache copy per token; onnxruntime
+            only, unpadded attention masks).
         trt: also build TensorRT engines on this machine's GPU.
         overwrite: replace an existing export directory.
     """
@@ -77,6 +78,7 @@ class ExportConfig:
     verify: bool = True
     verify_pairs: int = 8
     min_token_match: float | None = None
+    kv_cache: str = "concat"
     trt: bool = False
     overwrite: bool = False
 
@@ -91,6 +93,13 @@ class ExportConfig:
             raise ConfigError(f"ExportConfig.verify_pairs must be ≥ 1, got {self.verify_pairs}")
         if self.min_token_match is not None and not 0 <= self.min_token_match <= 1:
             raise ConfigError(f"ExportConfig.min_token_match must be in [0, 1], got {self.min_token_match}")
+        if self.kv_cache not in KV_CACHES:
+            raise ConfigError(f"ExportConfig.kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
+        if self.kv_cache == "shared" and self.trt:
+            raise ConfigError(
+                "kv_cache='shared' uses onnxruntime's GroupQueryAttention, which TensorRT cannot build: "
+                "export with kv_cache='concat' (--kv-cache concat) for --trt"
+            )
 
     @property
     def part_precisions(self) -> dict[str, str]:
@@ -113,19 +122,28 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
     if out.exists() and not config.overwrite:
         raise ConfigError(f"{out} already exists: choose a new --out or pass --overwrite")
     model = load_checkpoint(model_dir)  # fp32 reference and export source
+    if config.kv_cache == "shared" and model.config.head_dim % GQA_HEAD_MULTIPLE:
+        raise ConfigError(
+            f"--kv-cache shared needs a head dimension divisible by {GQA_HEAD_MULTIPLE} (onnxruntime "
+            f"GroupQueryAttention); {model_dir} has {model.config.head_dim}: export with --kv-cache concat"
+        )
     tokenizer = Tokenizer.from_dir(model_dir)
     for noisy in ("onnx_ir", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with atomic_directory(out) as tmp:
-        stages = ["vision_encoder", "embed_tokens", "decoder_model_merged", "precision", "manifest"]
+        stages = [*PARTS, "precision", "manifest"]
         stages += ["verify"] * config.verify
         bar = tqdm(stages, desc="lphi-export", unit="stage")
         timings: dict[str, float] = {}
         for stage in bar:
             bar.set_postfix_str(stage)
             t0 = time.perf_counter()
-            if stage in PARTS:
-                _EXPORTERS[stage](model, tmp / f"{stage}.onnx", config.opset)
+            if stage == "decoder_model_merged":
+                onnx_parts.export_decoder(model, tmp / f"{stage}.onnx", config.opset, kv_cache=config.kv_cache)
+            elif stage == "vision_encoder":
+                onnx_parts.export_vision(model, tmp / f"{stage}.onnx", config.opset)
+            elif stage == "embed_tokens":
+                onnx_parts.export_embed(model, tmp / f"{stage}.onnx", config.opset)
             elif stage == "precision":
                 _convert_precision(tmp, config)
             elif stage == "manifest":
@@ -187,6 +205,7 @@ def _write_manifest(tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, con
             "inputs": _io(graph.input),
             "outputs": _io(graph.output),
         }
+    parts["decoder_model_merged"]["kv_cache"] = config.kv_cache
     proc = processor_config(model_dir, cfg)
     data = {
         "format": FORMAT,

@@ -10,15 +10,17 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import onnx_ir as ir
 import torch
 from torch import nn
 from torch.export import Dim
 from transformers import DynamicCache
 
 from lphi_edge.export.manifest import decoder_io_names
-from lphi_edge.export.rewrites import simplify_attention
+from lphi_edge.export.rewrites import fuse_kv_attention, simplify_attention
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ def _export(
     input_names: list[str],
     output_names: list[str],
     opset: int,
+    rewrite: Callable[[ir.Model], object] | None = None,
 ) -> None:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
@@ -105,6 +108,8 @@ def _export(
             verbose=False,
         )
     simplify_attention(program.model)
+    if rewrite is not None:
+        rewrite(program.model)
     program.save(str(path), external_data=True)
 
 
@@ -135,7 +140,9 @@ def export_embed(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
     )
 
 
-def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
+def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int, kv_cache: str = "concat") -> None:
+    """kv_cache "concat": present = Concat(past, new), any runtime; "shared": GroupQueryAttention, whose
+    past and present the onnxruntime backend binds to one preallocated buffer (`fuse_kv_attention`)."""
     t = model.config.text
     b, s, p = 2, 3, 4
     heads, head_dim = t.num_key_value_heads, model.config.head_dim
@@ -155,4 +162,12 @@ def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
         kwargs[name] = torch.randn(b, heads, p, head_dim)  # (B, H, P, Dh)
         dynamic[name] = {0: batch, 2: past}
     inputs, outputs = decoder_io_names(t.num_hidden_layers)
-    _export(dec, kwargs, dynamic, path, inputs, outputs, opset)
+    rewrite = None
+    if kv_cache == "shared":
+
+        def rewrite(m: ir.Model) -> int:
+            return fuse_kv_attention(
+                m, num_heads=t.num_attention_heads, kv_num_heads=t.num_key_value_heads, head_dim=head_dim
+            )
+
+    _export(dec, kwargs, dynamic, path, inputs, outputs, opset, rewrite)

@@ -43,6 +43,10 @@ QUANT_ERROR = (
 )
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _ORT_QUANT_OPS = frozenset({"MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"})
+SHARED_KV_ERROR = (
+    "TensorRT cannot build onnxruntime's GroupQueryAttention (lphi-export --kv-cache shared): "
+    "export with --kv-cache concat for --trt"
+)
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
@@ -313,6 +317,8 @@ def _check_part(manifest: Manifest, part: str, config: TrtBuildConfig, trt) -> _
         ops = set()
     if ops & _ORT_QUANT_OPS:
         raise ConfigError(f"{meta['file']} uses {sorted(ops & _ORT_QUANT_OPS)}: {QUANT_ERROR}")
+    if "GroupQueryAttention" in ops or meta.get("kv_cache", "concat") != "concat":
+        raise ConfigError(f"{meta['file']}: {SHARED_KV_ERROR}")
     graph = _PartGraph(
         has_qdq=bool(ops & _QDQ_OPS),
         fp16_graph=meta.get("precision") == "fp16" or any(t.get("dtype") == "float16" for t in meta["inputs"]),

@@ -3,6 +3,10 @@
 CPU: numpy feeds, the KV cache kept as numpy arrays. CUDA: IO binding, the KV cache kept as
 OrtValues on the GPU, so a decode step copies only the new token's embedding in and its logits out.
 The provider that really runs is checked: asking for CUDA never falls back to CPU silently.
+
+Exports made with `--kv-cache shared` (GroupQueryAttention decoder): the cache is one preallocated
+buffer per past tensor, bound through IO binding as both the decoder's past input and its present
+output, so a step writes only its new positions instead of copying the whole cache (`SharedKVCache`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lphi_edge.errors import CheckpointError, ConfigError
+from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError
 from lphi_edge.export.manifest import PARTS, Manifest, decoder_io_names
 from lphi_edge.runtime.backend import ModelSpec
 
@@ -64,6 +68,62 @@ class OrtCache:
         return [t if isinstance(t, np.ndarray) else t.numpy() for t in self.tensors]
 
 
+class SharedKVCache:
+    """past_key_values.{i}.key|value as preallocated buffers [B, H, capacity, Dh] that the decoder's
+    GroupQueryAttention updates in place. Positions ≥ seq_len are stale and never read (the op attends to
+    the first P + S). Capacity starts at a power of two ≥ the first request (≥ 256) and doubles when a
+    step needs more, up to the context length; growing copies the held positions once."""
+
+    MIN_CAPACITY = 256
+
+    def __init__(self, shape: tuple[int, int, int], count: int, dtype: np.dtype, device: str, limit: int):
+        self._shape = shape  # (B, H, Dh)
+        self._count, self._dtype, self._device, self._limit = count, dtype, device, limit
+        self._seq_len, self.capacity = 0, 0
+        self.buffers: list[np.ndarray] = []  # CPU: the memory the OrtValues wrap
+        self.values: list[Any] = []  # OrtValues [B, H, capacity, Dh]
+
+    @property
+    def seq_len(self) -> int:
+        return self._seq_len
+
+    def crop(self, length: int) -> None:
+        self._seq_len = min(self._seq_len, max(length, 0))
+
+    def advance(self, n: int) -> None:
+        self._seq_len += n
+
+    def reserve(self, total: int) -> None:
+        """Make room for `total` positions (keeping the held ones)."""
+        if total <= self.capacity:
+            return
+        if total > self._limit:
+            raise ContextLengthError(f"{total} positions exceed the context length {self._limit}")
+        capacity = min(self._limit, max(self.MIN_CAPACITY, 1 << (total - 1).bit_length()))
+        import onnxruntime as ort
+
+        b, h, dh = self._shape
+        held = self.arrays()
+        buffers, values = [], []
+        for k in range(self._count):
+            arr = np.zeros((b, h, capacity, dh), dtype=self._dtype)
+            if held:
+                arr[:, :, : self._seq_len] = held[k]
+            values.append(ort.OrtValue.ortvalue_from_numpy(arr, self._device, 0))
+            if self._device == "cpu":
+                buffers.append(arr)  # the OrtValue wraps this memory
+        if self.capacity:
+            logger.debug("shared KV cache grown from %d to %d positions", self.capacity, capacity)
+        self.buffers, self.values, self.capacity = buffers, values, capacity
+
+    def arrays(self) -> list[np.ndarray]:
+        """The held positions [B, H, P, Dh] per tensor (copies; for verification)."""
+        if not self.values:
+            return []
+        full = self.buffers or [v.numpy() for v in self.values]
+        return [np.array(a[:, :, : self._seq_len]) for a in full]
+
+
 class OnnxBackend:
     """Backend protocol over the three ONNX parts of an export directory."""
 
@@ -109,6 +169,12 @@ class OnnxBackend:
         self._out_names = [o.name for o in dec.get_outputs()]
         self._kv_dtype = self._dtypes[self._past_names[0]]
         self._cuda = self.provider != "CPUExecutionProvider"
+        self.kv_cache = manifest.part("decoder_model_merged").get("kv_cache", "concat")
+        if self.kv_cache not in ("concat", "shared"):
+            raise CheckpointError(
+                f"{manifest.path / 'manifest.json'}: decoder kv_cache {self.kv_cache!r} unknown "
+                "(this lphi-edge knows 'concat' and 'shared'); upgrade lphi-edge or re-export"
+            )
 
     @classmethod
     def from_export_dir(
@@ -142,7 +208,11 @@ class OnnxBackend:
         (emb,) = self.sessions["embed_tokens"].run(None, {"input_ids": input_ids.astype(np.int64, copy=False)})
         return emb.astype(np.float32, copy=False)
 
-    def new_cache(self, batch_size: int = 1) -> OrtCache:
+    def new_cache(self, batch_size: int = 1) -> OrtCache | SharedKVCache:
+        if self.kv_cache == "shared":
+            shape = (batch_size, self.spec.num_kv_heads, self.spec.head_dim)
+            device = "cuda" if self._cuda else "cpu"
+            return SharedKVCache(shape, len(self._past_names), self._kv_dtype, device, self.spec.context_length)
         shape = (batch_size, self.spec.num_kv_heads, 0, self.spec.head_dim)
         empty = np.zeros(shape, dtype=self._kv_dtype)
         if self._cuda:
@@ -152,14 +222,16 @@ class OnnxBackend:
         return OrtCache([empty for _ in self._past_names], 0)
 
     def decode(
-        self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: OrtCache
-    ) -> tuple[np.ndarray, OrtCache]:
+        self,
+        inputs_embeds: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: OrtCache | SharedKVCache,
+    ) -> tuple[np.ndarray, OrtCache | SharedKVCache]:
         """→ (logits f32 [B, S, V], the cache extended by S positions)."""
-        feeds = {
-            "inputs_embeds": inputs_embeds.astype(self._dtypes["inputs_embeds"], copy=False),  # (B, S, D)
-            "attention_mask": attention_mask.astype(np.int64, copy=False),  # (B, P + S)
-            "position_ids": position_ids.astype(np.int64, copy=False),  # (B, S)
-        }
+        feeds = self._feeds(inputs_embeds, attention_mask, position_ids)
+        if isinstance(past, SharedKVCache):
+            return self._decode_shared(feeds, past)
         sess = self.sessions["decoder_model_merged"]
         s = inputs_embeds.shape[1]
         if not self._cuda:
@@ -177,3 +249,43 @@ class OnnxBackend:
         sess.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
         return logits.numpy().astype(np.float32, copy=False), OrtCache(present, past.seq_len + s)
+
+    def _feeds(
+        self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return {
+            "inputs_embeds": inputs_embeds.astype(self._dtypes["inputs_embeds"], copy=False),  # (B, S, D)
+            "attention_mask": attention_mask.astype(np.int64, copy=False),  # (B, P + S)
+            "position_ids": position_ids.astype(np.int64, copy=False),  # (B, S)
+        }
+
+    def _decode_shared(self, feeds: dict[str, np.ndarray], past: SharedKVCache) -> tuple[np.ndarray, SharedKVCache]:
+        """One step over the shared buffers: past.i.* and present.i.* are bound to the same OrtValue, so
+        GroupQueryAttention writes positions [P, P + S) in place; the cache object is returned advanced."""
+        attention_mask = feeds["attention_mask"]
+        b, s = feeds["inputs_embeds"].shape[:2]
+        total = past.seq_len + s
+        if attention_mask.shape != (b, total):
+            raise ConfigError(
+                f"attention_mask has shape {attention_mask.shape}, expected {(b, total)} "
+                f"({past.seq_len} cached + {s} new positions)"
+            )
+        if not attention_mask.all():
+            raise ConfigError(
+                "this export's decoder (kv_cache 'shared') attends to every cached position: attention_mask must "
+                "be all ones (no padding); re-export with --kv-cache concat for padded batches"
+            )
+        past.reserve(total)
+        sess = self.sessions["decoder_model_merged"]
+        binding = sess.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in zip(self._past_names, past.values):
+            binding.bind_ortvalue_input(name, value)  # (B, H, capacity, Dh)
+        binding.bind_output("logits", "cpu")
+        for name, value in zip(self._out_names[1:], past.values):
+            binding.bind_ortvalue_output(name, value)  # the same buffer: written in place
+        sess.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        past.advance(s)
+        return logits.astype(np.float32, copy=False), past
