@@ -10,7 +10,8 @@ STACK = ("preprocess", "vision", "prefill", "decode")
 
 COLUMNS = (
     "result", "preprocess", "vision", "prefill", "TTFT", "decode/token", "tokens/s", "end to end",
-    "decode floor: copy / read", "× baseline (decode / TTFT / vision)", "weights MB", "RSS MB: engine / process peak",
+    "decode floor: copy / read", "decode ÷ floor: copy rate beside / best", "× baseline (decode / TTFT / vision)",
+    "weights MB", "RSS MB: engine / process peak",
 )  # fmt: skip
 EXTRAPOLATED = (
     "result",
@@ -24,7 +25,7 @@ EXTRAPOLATED = (
 
 def _samples(m: dict[str, Any]) -> str:
     n = len(m.get("memory_bandwidth_samples_gbs") or ())
-    return f" (the best of {n} measurements through the run)" if n > 1 else ""
+    return f" (the best of {n} measurements, one before every engine's run)" if n > 1 else ""
 
 
 def _read(m: dict) -> str:
@@ -65,10 +66,14 @@ def markdown(result: dict[str, Any]) -> str:
         if "decode_floor_read_ms" in r:
             floor += f" / {r['decode_floor_read_ms']:.2f} ({100 * r['floor_fraction']['decode_read']:.0f} %)"
         cells = [f"{s[k]['p50']:.1f}" for k in ("preprocess", "vision", "prefill")]
+        frac = r["floor_fraction"]
+        times = f"{1 / frac['decode']:.2f}×"
+        if frac.get("decode_beside"):
+            times = f"{1 / frac['decode_beside']:.2f}× / {times}"
         lines.append(
             _row(
                 [r["key"], *cells, f"{r['ttft_ms']['p50']:.1f}", f"{s['decode_per_token']['p50']:.2f}"]
-                + [f"{r['decode_tokens_per_s']:.1f}", f"{s['end_to_end']['p50']:.1f}", floor, speed]
+                + [f"{r['decode_tokens_per_s']:.1f}", f"{s['end_to_end']['p50']:.1f}", floor, times, speed]
                 + [f"{r['weights_mb']:.0f}", f"{_num(r.get('load_rss_mb'))} / {r['peak_rss_mb']:.0f}"]
                 + ([f"{r['gpu_peak_mb']:.0f}"] if gpu_mem else [])
             )

@@ -88,6 +88,7 @@ class Target:
     arch: Arch | None
     load_rss_mb: float  # resident memory the process grew by while loading this engine
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "ttft")})
+    copy_gbs: list[float] = field(default_factory=list)  # the copy rate measured just before each of its runs
     peak_rss_mb: float = 0.0
     gpu_peak_mb: float | None = None
 
@@ -230,17 +231,20 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     everyone = targets + ([baseline] if baseline else [])
     logger.info("measuring the machine's floor (copy, read and matmul tests)")
     dev = cfg.device
-    # On a VM the memory rates move with the neighbours' load: they are measured again after every round,
-    # and the floor uses the best rate seen during the run (the strictest floor), all samples kept.
+    # On a VM the memory rates move with the neighbours' load (here: 31-57 GB/s within minutes). The copy
+    # rate is measured again just before every measured run of every engine: each result gets a floor from
+    # the rate beside its own runs, and the strict floor uses the best rate seen during the whole run.
     copy_samples, read_samples = [memory_bandwidth_gbs(device=dev)], [memory_read_gbs(device=dev)]
     fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)
     gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
     cuda = dev == "cuda"
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="lphi-bench", unit="round"):
         if r:
-            copy_samples.append(memory_bandwidth_gbs(device=dev, repeats=3))
             read_samples.append(memory_read_gbs(device=dev, repeats=3))
         for t in everyone:  # interleaved: each round measures every model once
+            if r >= cfg.warmup:
+                t.copy_gbs.append(memory_bandwidth_gbs(device=dev, repeats=2))
+                copy_samples.append(t.copy_gbs[-1])
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             stages = _once(t, image, cfg)
@@ -272,8 +276,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "floors_measured_on": dev,
             "memory_bandwidth_gbs": round(bandwidth, 2),  # copy test, bytes read + written (STREAM's count)
             "memory_read_gbs": round(read_bw, 2),  # read-only test (a sum)
-            "memory_bandwidth_samples_gbs": [round(x, 2) for x in copy_samples],  # before each round
-            "memory_read_samples_gbs": [round(x, 2) for x in read_samples],
+            "memory_bandwidth_samples_gbs": [round(x, 2) for x in copy_samples],  # before each engine's runs
+            "memory_read_samples_gbs": [round(x, 2) for x in read_samples],  # before each round
             "compute_gflops_fp32": round(fp32_gflops, 1),
             "compute_gflops_bf16": round(bf16_gflops, 1),
         },
@@ -314,6 +318,9 @@ def _result(
     stages = {s: _pct(t.samples[s]) for s in STAGES}
     decode_floor = t.decode_bytes / (bandwidth * 1e9) * 1e3
     read_floor = t.decode_bytes / (read_bw * 1e9) * 1e3  # the same bytes at the read-only rate
+    # beside: each run against the copy rate measured just before it (the machine as it was then)
+    beside = [t.decode_bytes / (bw * 1e9) * 1e3 for bw in t.copy_gbs]
+    beside_fraction = [f / d for f, d in zip(beside, t.samples["decode_per_token"])]
     res: dict[str, Any] = {
         "key": t.label,
         "model": t.model,
@@ -330,11 +337,14 @@ def _result(
         "load_s": round(t.load_s, 2),
         "decode_floor_ms": round(decode_floor, 3),
         "decode_floor_read_ms": round(read_floor, 3),
+        "decode_floor_beside_ms": round(float(np.median(beside)), 3) if beside else None,
+        "copy_gbs_beside": [round(x, 2) for x in t.copy_gbs],
         "vision_floor_ms": None,
         "prefill_floor_ms": None,
         "floor_fraction": {
             "decode": round(decode_floor / stages["decode_per_token"]["p50"], 3),
             "decode_read": round(read_floor / stages["decode_per_token"]["p50"], 3),
+            "decode_beside": round(float(np.median(beside_fraction)), 3) if beside_fraction else None,
         },
         "extrapolated_32_layers": None,
     }

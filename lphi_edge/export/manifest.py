@@ -6,6 +6,9 @@ DIR/embed_tokens.onnx (+ .onnx.data)          input_ids[B,S] i64 → inputs_embe
 DIR/decoder_model_merged.onnx (+ .onnx.data)  inputs_embeds, attention_mask, position_ids,
                                               past_key_values.{i}.key|value → logits, present.{i}.key|value
 DIR/tokenizer.json (+ tokenizer_config.json, ...)
+
+parts.decoder_model_merged.kv_cache: "concat" (present = past + new, new tensors; absent in older
+manifests) or "shared" (GroupQueryAttention: past and present may be one buffer, written in place).
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class SharedKVCache:
         self._seq_len, self.capacity = 0, 0
         self.buffers: list[np.ndarray] = []  # CPU: the memory the OrtValues wrap
         self.values: list[Any] = []  # OrtValues [B, H, capacity, Dh]
+        self.binding: Any = None  # the decoder's IO binding with these buffers bound (reset when they change)
 
     @property
     def seq_len(self) -> int:
@@ -114,7 +115,7 @@ class SharedKVCache:
                 buffers.append(arr)  # the OrtValue wraps this memory
         if self.capacity:
             logger.debug("shared KV cache grown from %d to %d positions", self.capacity, capacity)
-        self.buffers, self.values, self.capacity = buffers, values, capacity
+        self.buffers, self.values, self.capacity, self.binding = buffers, values, capacity, None
 
     def arrays(self) -> list[np.ndarray]:
         """The held positions [B, H, P, Dh] per tensor (copies; for verification)."""
@@ -277,14 +278,17 @@ class OnnxBackend:
             )
         past.reserve(total)
         sess = self.sessions["decoder_model_merged"]
-        binding = sess.io_binding()
+        binding = past.binding
+        if binding is None:  # bound once per buffer set: a step rebinds only its three inputs and the logits
+            binding = past.binding = sess.io_binding()
+            binding.bind_output("logits", "cpu")  # output 0 (rebinding a name keeps its place)
+            for name, value in zip(self._past_names, past.values):
+                binding.bind_ortvalue_input(name, value)  # (B, H, capacity, Dh)
+            for name, value in zip(self._out_names[1:], past.values):
+                binding.bind_ortvalue_output(name, value)  # the same buffer: written in place
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        for name, value in zip(self._past_names, past.values):
-            binding.bind_ortvalue_input(name, value)  # (B, H, capacity, Dh)
         binding.bind_output("logits", "cpu")
-        for name, value in zip(self._out_names[1:], past.values):
-            binding.bind_ortvalue_output(name, value)  # the same buffer: written in place
         sess.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
         past.advance(s)
