@@ -32,11 +32,19 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exports(ckpt, tmp_path_factory) -> dict[str, Path]:
+def ckpt80(tmp_path_factory) -> Path:
+    """One head of 80, Phi-2's head geometry (rotary dims 32): GroupQueryAttention rotates q and k itself."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny80", seed=4, spec=TinySpec(text_heads=1))
+
+
+@pytest.fixture(scope="module")
+def exports(ckpt, ckpt80, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exports")
     out = {
         "concat": export_model(ckpt, root / "concat"),
         "shared": export_model(ckpt, root / "shared", ExportConfig(kv_cache="shared")),
+        "rotary": export_model(ckpt80, root / "rotary", ExportConfig(kv_cache="shared")),
+        "rotary-concat": export_model(ckpt80, root / "rotary-concat"),
         "fp16": export_model(ckpt, root / "fp16", ExportConfig(fp16=True, kv_cache="shared")),  # f16 cache buffers
     }
     cmd = [str(EXE / "lphi-export"), str(ckpt), "--out", str(root / "int4"), "--quant", "int4"]
@@ -51,7 +59,7 @@ def _decoder_graph(export: Path) -> onnx.GraphProto:
 
 
 def test_shared_export_replaces_every_attention_and_says_so(exports):
-    for name in ("shared", "fp16", "int4"):
+    for name in ("shared", "fp16", "int4", "rotary"):
         m = Manifest.load(exports[name])
         assert m.part("decoder_model_merged")["kv_cache"] == "shared"
         assert m.data["export_config"]["kv_cache"] == "shared"
@@ -63,14 +71,24 @@ def test_shared_export_replaces_every_attention_and_says_so(exports):
         assert not [n for n in graph.node if n.op_type == "Softmax"]  # the old attention is gone
         assert [o.name for o in graph.output] == [o.name for o in _decoder_graph(exports["concat"]).output]
     assert Manifest.load(exports["concat"]).part("decoder_model_merged")["kv_cache"] == "concat"
-    for name, tol in (("shared", 1e-4), ("fp16", 0.05)):  # the export gate ran on the shared decoders
+    # head_dim 80: the op rotates q and k itself (rotary tables as its 8th/9th inputs), the graph's own rotary
+    # subgraph (Cos/Sin of the positions) is gone; head_dim 40 (not a multiple of 16): the graph rotates
+    for name, rotates in (("rotary", 1), ("shared", 0)):
+        graph = _decoder_graph(exports[name])
+        gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+        assert {a.i for n in gqa for a in n.attribute if a.name == "do_rotary"} == ({1} if rotates else set())
+        assert all(len(n.input) == (9 if rotates else 7) for n in gqa)
+        assert bool([n for n in graph.node if n.op_type == "Cos"]) != bool(rotates)
+    for name, tol in (("shared", 1e-4), ("rotary", 1e-4), ("fp16", 0.05)):  # the export gate ran on each
         report = Manifest.load(exports[name]).data["verification"]
         assert report["passed"] and report["identical_answers"] == report["pairs"] >= 8
         assert report["parts"]["decode_logits"]["max_abs_diff"] < tol
 
 
-def test_shared_answers_are_the_models_across_prefix_reuse_and_chats(ckpt, exports):
-    torch_a, concat, shared = (Assistant.from_pretrained(p) for p in (ckpt, exports["concat"], exports["shared"]))
+@pytest.mark.parametrize(("model", "names"), [("ckpt", ("concat", "shared")), ("ckpt80", ("rotary-concat", "rotary"))])
+def test_shared_answers_are_the_models_across_prefix_reuse_and_chats(request, exports, model, names):
+    paths = (request.getfixturevalue(model), exports[names[0]], exports[names[1]])
+    torch_a, concat, shared = (Assistant.from_pretrained(p) for p in paths)
     assert isinstance(shared.backend.new_cache(), SharedKVCache) and isinstance(concat.backend.new_cache(), OrtCache)
     for k, frame in enumerate(sample_frames(6, seed=11)):  # one Assistant each: later asks reuse cached prefixes
         prompt = PROMPTS[k % len(PROMPTS)]
@@ -85,10 +103,10 @@ def test_shared_answers_are_the_models_across_prefix_reuse_and_chats(ckpt, expor
         assert (b.timings.cached_tokens > 0) == (turn > 0)
 
 
-def test_the_cache_is_written_in_place_grows_and_crops(exports, monkeypatch):
+@pytest.mark.parametrize("names", [("shared", "concat"), ("rotary", "rotary-concat")])
+def test_the_cache_is_written_in_place_grows_and_crops(exports, monkeypatch, names):
     monkeypatch.setattr(SharedKVCache, "MIN_CAPACITY", 8)
-    shared = OnnxBackend.from_export_dir(exports["shared"])
-    concat = OnnxBackend.from_export_dir(exports["concat"])
+    shared, concat = (OnnxBackend.from_export_dir(exports[n]) for n in names)
     rng = np.random.default_rng(0)
     d = shared.spec.hidden_size
     caches = [shared.new_cache(), concat.new_cache()]
@@ -130,6 +148,8 @@ def test_padded_masks_and_wrong_mask_shapes_are_refused(exports):
         be.decode(embeds, np.array([[0, 1, 1]]), pos, cache)
     with pytest.raises(ConfigError, match=r"attention_mask has shape \(1, 2\), expected \(1, 3\)"):
         be.decode(embeds, np.ones((1, 2), np.int64), pos, cache)
+    with pytest.raises(ConfigError, match=r"position_ids must be 0..2 in every row, got \[\[1, 2, 3\]\]"):
+        be.decode(embeds, np.ones((1, 3), np.int64), pos + 1, cache)
     assert cache.seq_len == 0  # nothing was written
 
 

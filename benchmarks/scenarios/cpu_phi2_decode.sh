@@ -10,6 +10,6 @@ OUT=${OUT:-benchmarks/results}
 .venv/bin/lphi-bench --synthetic-config phi2-2l \
     --synthetic-exports int8,int8-shared,int4-b128,int4-b128-shared,int4-b256,int4-b256-shared \
     --torch-dtypes fp32 --baseline hf --work .cache/bench --threads "$(nproc)" \
-    --runs 7 --warmup 1 --new-tokens 32 \
+    --runs 10 --warmup 1 --new-tokens 32 \
     --json "$OUT/bench_cpu_phi2-2l_decode.json" --markdown "$OUT/bench_cpu_phi2-2l_decode.md" \
     --plot "$OUT/bench_cpu_phi2-2l_decode.png"

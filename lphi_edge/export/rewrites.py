@@ -100,6 +100,28 @@ def _sequence_lengths(mask: ir.Value) -> tuple[list[ir.Node], ir.Value, ir.Value
     return nodes, seqlens.outputs[0], total.outputs[0]
 
 
+def _heads_input(x: ir.Value, layer: int) -> ir.Value:
+    """The (B, S, H·Dh) projection behind a rotated (B, H, S, Dh) tensor: the input of the one
+    Reshape → Transpose(perm 0, 2, 1, 3) that every path of the rotary subgraph starts from."""
+    seen, todo, found = set(), [x], set()
+    while todo:
+        v = todo.pop()
+        node = v.producer()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        perm = node.attributes.get("perm")
+        if node.op_type == "Transpose" and perm is not None and list(perm.value) == [0, 2, 1, 3]:
+            found.add(_producer(node.inputs[0], "Reshape").inputs[0])
+            continue
+        todo.extend(i for i in node.inputs if i is not None and i.const_value is None)
+    if len(found) != 1:
+        raise AttentionPatternError(
+            f"layer {layer}: expected one head split behind the rotary embedding, found {len(found)}"
+        )
+    return found.pop()
+
+
 class _Emitter:
     """Collects the new nodes of one rewrite, in order."""
 
@@ -117,7 +139,12 @@ class _Emitter:
 
 
 def _fuse_layer(
-    graph: ir.Graph, layer: int, past: tuple[ir.Value, ir.Value], lengths: tuple[ir.Value, ir.Value], heads: tuple
+    graph: ir.Graph,
+    layer: int,
+    past: tuple[ir.Value, ir.Value],
+    lengths: tuple[ir.Value, ir.Value],
+    heads: tuple,
+    rotary: tuple[ir.Value, ir.Value] | None,
 ) -> None:
     past_k, past_v = past
     num_heads, kv_num_heads, head_dim = heads
@@ -138,13 +165,21 @@ def _fuse_layer(
 
     emit = _Emitter()
     flat, split = emit(_constant([0, 0, -1])), emit(_constant([0, 0, num_heads, head_dim]))
-    q, k, v = (emit.to_bsd(x, flat) for x in (scaled_q.inputs[0], cat_k.inputs[1], cat_v.inputs[1]))
     attrs = [
         ir.AttrInt64("num_heads", num_heads),
         ir.AttrInt64("kv_num_heads", kv_num_heads),
         ir.AttrFloat32("scale", scale),
     ]
-    gqa = ir.Node(GQA_DOMAIN, "GroupQueryAttention", [q, k, v, past_k, past_v, *lengths], attrs, num_outputs=3)
+    if rotary is None:  # q and k as the graph rotated them
+        q, k, v = (emit.to_bsd(x, flat) for x in (scaled_q.inputs[0], cat_k.inputs[1], cat_v.inputs[1]))
+        extra: list[ir.Value | None] = []
+    else:  # the projections before the rotary subgraph; the op rotates them (positions from seqlens_k)
+        q, k = _heads_input(scaled_q.inputs[0], layer), _heads_input(cat_k.inputs[1], layer)
+        v = _heads_input(cat_v.inputs[1], layer)
+        attrs += [ir.AttrInt64("do_rotary", 1), ir.AttrInt64("rotary_interleaved", 0)]
+        extra = list(rotary)
+    inputs = [q, k, v, past_k, past_v, *lengths, *extra]
+    gqa = ir.Node(GQA_DOMAIN, "GroupQueryAttention", inputs, attrs, num_outputs=3)
     emit.nodes.append(gqa)
     out = emit(ir.Node("", "Reshape", [gqa.outputs[0], split]))  # (B, S, H, Dh)
     out = emit(ir.Node("", "Transpose", [out], [ir.AttrInt64s("perm", [0, 2, 1, 3])]))  # (B, H, S, Dh)
@@ -156,7 +191,14 @@ def _fuse_layer(
         graph.outputs[outputs[name]] = new
 
 
-def fuse_kv_attention(model: ir.Model, *, num_heads: int, kv_num_heads: int, head_dim: int) -> int:
+def fuse_kv_attention(
+    model: ir.Model,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    head_dim: int,
+    rotary_cache: tuple[np.ndarray, np.ndarray] | None = None,
+) -> int:
     """Replace every decoder layer's Concat-cache attention with GroupQueryAttention; returns the layer count.
 
     Per layer i, the exporter's lowering (after `simplify_attention`) is
@@ -168,17 +210,27 @@ def fuse_kv_attention(model: ir.Model, *, num_heads: int, kv_num_heads: int, hea
         out', present.i.key, present.i.value = GroupQueryAttention(q', k', v', past.i.key, past.i.value,
                                                                   seqlens_k, total_sequence_length, scale=a·b)
     with q', k', v' the (B, S, H·Dh) layout the op takes and out = out' back in (B, H, S, Dh).
+
+    rotary_cache: (cos, sin), each (max positions, rotary_dim / 2) — the model's own rotary tables. With them
+    the op also applies the rotary embedding (rotate-half, the first rotary_dim dims of each head) and q', k'
+    are the projections before the graph's rotary subgraph, which is removed; positions then come from
+    seqlens_k (the cached length), so position_ids must count on from the cache (the backend checks).
     """
     graph = model.graph
     inputs = {v.name: v for v in graph.inputs}
     if "attention_mask" not in inputs:
         raise AttentionPatternError("the decoder has no attention_mask input")
     length_nodes, seqlens, total = _sequence_lengths(inputs["attention_mask"])
+    rotary = None
+    if rotary_cache is not None:
+        tables = [_constant(np.ascontiguousarray(t), np.float32) for t in rotary_cache]  # (positions, rot / 2)
+        length_nodes += tables
+        rotary = (tables[0].outputs[0], tables[1].outputs[0])
     graph.insert_before(next(iter(graph)), length_nodes)
     layer = 0
     while (past_k := inputs.get(f"past_key_values.{layer}.key")) is not None:
         past = (past_k, inputs[f"past_key_values.{layer}.value"])
-        _fuse_layer(graph, layer, past, (seqlens, total), (num_heads, kv_num_heads, head_dim))
+        _fuse_layer(graph, layer, past, (seqlens, total), (num_heads, kv_num_heads, head_dim), rotary)
         layer += 1
     if layer == 0:
         raise AttentionPatternError("the decoder has no past_key_values inputs")

@@ -271,6 +271,12 @@ class OnnxBackend:
                 f"attention_mask has shape {attention_mask.shape}, expected {(b, total)} "
                 f"({past.seq_len} cached + {s} new positions)"
             )
+        start = np.arange(past.seq_len, total, dtype=np.int64)
+        if not np.array_equal(feeds["position_ids"], np.broadcast_to(start, (b, s))):
+            raise ConfigError(
+                "this export's decoder (kv_cache 'shared') takes positions from the cache length: position_ids "
+                f"must be {past.seq_len}..{total - 1} in every row, got {feeds['position_ids'].tolist()}"
+            )
         if not attention_mask.all():
             raise ConfigError(
                 "this export's decoder (kv_cache 'shared') attends to every cached position: attention_mask must "
