@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--synthetic-exports",
         default="",
-        help="exports of it to build and measure: fp32,fp16,int8,int4,int4-b128,int8-vision",
+        help="exports of it to build and measure, comma-separated: fp32, fp16, int8, int4, int4-b128, int4-b256, "
+        "int8-vision, and with the KV cache written in place (--kv-cache shared): int8-shared, int4-b128-shared, "
+        "int4-b256-shared",
     )
     p.add_argument("--work", default=".cache/lphi-bench", help="where synthetic models and exports are kept")
     p.add_argument("--torch-dtypes", default="fp32", help="dtypes to run checkpoints in, e.g. fp32,bf16")
