@@ -15,7 +15,7 @@ import pytest
 
 from lphi_edge import Assistant
 from lphi_edge.data.shapes import sample_frames
-from lphi_edge.errors import ConfigError, ContextLengthError
+from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError
 from lphi_edge.export.exporter import ExportConfig, export_model
 from lphi_edge.export.manifest import Manifest
 from lphi_edge.export.verify import PROMPTS
@@ -71,6 +71,10 @@ def test_shared_export_replaces_every_attention_and_says_so(exports):
         assert not [n for n in graph.node if n.op_type == "Softmax"]  # the old attention is gone
         assert [o.name for o in graph.output] == [o.name for o in _decoder_graph(exports["concat"]).output]
     assert Manifest.load(exports["concat"]).part("decoder_model_merged")["kv_cache"] == "concat"
+    future = Manifest.load(exports["shared"])
+    future.data["parts"]["decoder_model_merged"]["kv_cache"] = "ring"  # a value this version does not know
+    with pytest.raises(CheckpointError, match="decoder kv_cache 'ring' unknown.*upgrade lphi-edge or re-export"):
+        OnnxBackend(future)
     # head_dim 80: the op rotates q and k itself (rotary tables as its 8th/9th inputs), the graph's own rotary
     # subgraph (Cos/Sin of the positions) is gone; head_dim 40 (not a multiple of 16): the graph rotates
     for name, rotates in (("rotary", 1), ("shared", 0)):

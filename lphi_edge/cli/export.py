@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from lphi_edge.cli._common import run, setup_logging
+from lphi_edge.export.manifest import KV_CACHES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,16 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp16", action="store_true", help="fp16 weights and compute (vision, embeddings, decoder)")
     p.add_argument("--quant", choices=["int8", "int4"], help="weight-only MatMulNBits quantization of the decoder")
     p.add_argument(
-        "--block-size",
-        type=int,
-        default=32,
-        choices=(16, 32, 64, 128, 256),
-        help="quantization block size (default 32; 256 reads fewest scales per token)",
+        "--block-size", type=int, default=32, help="quantization block: 16..256 (default 32; 256 reads fewest scales)"
     )
     p.add_argument("--quant-vision", action="store_true", help="quantize the vision encoder too")
     p.add_argument(
         "--kv-cache",
-        choices=("concat", "shared"),
+        choices=KV_CACHES,
         default="concat",
         help="concat: the decoder returns past + new (any runtime, TensorRT included); shared: onnxruntime "
         "GroupQueryAttention writes new positions into one preallocated buffer — no whole-cache copy per token",

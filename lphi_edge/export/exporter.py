@@ -27,7 +27,7 @@ import lphi_edge
 from lphi_edge.atomic import atomic_directory
 from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.export import onnx_parts
-from lphi_edge.export.manifest import FORMAT, FORMAT_VERSION, PARTS, Manifest, file_table, sha256_file
+from lphi_edge.export.manifest import FORMAT, FORMAT_VERSION, KV_CACHES, PARTS, Manifest, file_table, sha256_file
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
 from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
 from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
@@ -37,7 +37,11 @@ logger = logging.getLogger(__name__)
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64"}
 
 
-KV_CACHES = ("concat", "shared")
+_EXPORTERS = {
+    "vision_encoder": onnx_parts.export_vision,
+    "embed_tokens": onnx_parts.export_embed,
+    "decoder_model_merged": onnx_parts.export_decoder,
+}
 GQA_HEAD_MULTIPLE = 8  # onnxruntime's GroupQueryAttention needs head_dim % 8 == 0
 
 
@@ -138,12 +142,8 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
         for stage in bar:
             bar.set_postfix_str(stage)
             t0 = time.perf_counter()
-            if stage == "decoder_model_merged":
-                onnx_parts.export_decoder(model, tmp / f"{stage}.onnx", config.opset, kv_cache=config.kv_cache)
-            elif stage == "vision_encoder":
-                onnx_parts.export_vision(model, tmp / f"{stage}.onnx", config.opset)
-            elif stage == "embed_tokens":
-                onnx_parts.export_embed(model, tmp / f"{stage}.onnx", config.opset)
+            if stage in PARTS:
+                _EXPORTERS[stage](model, tmp / f"{stage}.onnx", config)
             elif stage == "precision":
                 _convert_precision(tmp, config)
             elif stage == "manifest":

@@ -28,6 +28,7 @@ SUPPORTED_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 PARTS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+KV_CACHES = ("concat", "shared")  # the decoder's cache interface (parts.decoder_model_merged.kv_cache)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -67,6 +68,17 @@ class Manifest:
     @property
     def template(self) -> str:
         return self.data["template"]
+
+    @property
+    def kv_cache(self) -> str:
+        """The decoder's cache interface; "concat" where older manifests do not say."""
+        value = self.part("decoder_model_merged").get("kv_cache", "concat")
+        if value not in KV_CACHES:
+            raise CheckpointError(
+                f"{self.path / MANIFEST}: decoder kv_cache {value!r} unknown (this lphi-edge knows "
+                f"{', '.join(KV_CACHES)}); upgrade lphi-edge or re-export"
+            )
+        return value
 
     @property
     def backend(self) -> str:

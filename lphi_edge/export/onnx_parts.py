@@ -12,6 +12,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -23,6 +24,9 @@ from transformers import DynamicCache
 from lphi_edge.export.manifest import decoder_io_names
 from lphi_edge.export.rewrites import fuse_kv_attention, simplify_attention
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
+
+if TYPE_CHECKING:  # the exporter imports this module
+    from lphi_edge.export.exporter import ExportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +118,7 @@ def _export(
     program.save(str(path), external_data=True)
 
 
-def export_vision(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
+def export_vision(model: LlavaPhiForCausalLM, path: Path, config: ExportConfig) -> None:
     size = model.config.vision.image_size
     pixels = torch.randn(2, 3, size, size)  # (B, 3, H, W)
     _export(
@@ -124,11 +128,11 @@ def export_vision(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
         path,
         ["pixel_values"],
         ["image_features"],
-        opset,
+        config.opset,
     )
 
 
-def export_embed(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
+def export_embed(model: LlavaPhiForCausalLM, path: Path, config: ExportConfig) -> None:
     ids = torch.randint(0, model.config.text.vocab_size, (2, 3))  # (B, S)
     _export(
         EmbedTokens(model).eval(),
@@ -137,7 +141,7 @@ def export_embed(model: LlavaPhiForCausalLM, path: Path, opset: int) -> None:
         path,
         ["input_ids"],
         ["inputs_embeds"],
-        opset,
+        config.opset,
     )
 
 
@@ -152,9 +156,9 @@ def rotary_tables(model: LlavaPhiForCausalLM) -> tuple[np.ndarray, np.ndarray]:
     return cos[0, :, :half].numpy(), sin[0, :, :half].numpy()
 
 
-def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int, kv_cache: str = "concat") -> None:
-    """kv_cache "concat": present = Concat(past, new), any runtime; "shared": GroupQueryAttention, whose
-    past and present the onnxruntime backend binds to one preallocated buffer (`fuse_kv_attention`)."""
+def export_decoder(model: LlavaPhiForCausalLM, path: Path, config: ExportConfig) -> None:
+    """config.kv_cache "concat": present = Concat(past, new), any runtime; "shared": GroupQueryAttention,
+    whose past and present the onnxruntime backend binds to one preallocated buffer (`fuse_kv_attention`)."""
     t = model.config.text
     b, s, p = 2, 3, 4
     heads, head_dim = t.num_key_value_heads, model.config.head_dim
@@ -175,7 +179,7 @@ def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int, kv_cache:
         dynamic[name] = {0: batch, 2: past}
     inputs, outputs = decoder_io_names(t.num_hidden_layers)
     rewrite = None
-    if kv_cache == "shared":
+    if config.kv_cache == "shared":
         # the op rotates q and k itself (≈ 6 % faster per token at Phi-2 width: the graph's rotary subgraph
         # is ~25 small ops per layer) where its kernel allows: head_dim and rotary_dim multiples of 16
         # (Phi-2: 80 and 32); elsewhere the graph keeps rotating them
@@ -192,4 +196,4 @@ def export_decoder(model: LlavaPhiForCausalLM, path: Path, opset: int, kv_cache:
                 rotary_cache=tables,
             )
 
-    _export(dec, kwargs, dynamic, path, inputs, outputs, opset, rewrite)
+    _export(dec, kwargs, dynamic, path, inputs, outputs, config.opset, rewrite)

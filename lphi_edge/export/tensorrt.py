@@ -317,7 +317,7 @@ def _check_part(manifest: Manifest, part: str, config: TrtBuildConfig, trt) -> _
         ops = set()
     if ops & _ORT_QUANT_OPS:
         raise ConfigError(f"{meta['file']} uses {sorted(ops & _ORT_QUANT_OPS)}: {QUANT_ERROR}")
-    if "GroupQueryAttention" in ops or meta.get("kv_cache", "concat") != "concat":
+    if "GroupQueryAttention" in ops or (part == "decoder_model_merged" and manifest.kv_cache != "concat"):
         raise ConfigError(f"{meta['file']}: {SHARED_KV_ERROR}")
     graph = _PartGraph(
         has_qdq=bool(ops & _QDQ_OPS),

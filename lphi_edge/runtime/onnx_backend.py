@@ -104,12 +104,12 @@ class SharedKVCache:
         import onnxruntime as ort
 
         b, h, dh = self._shape
-        held = self.arrays()
+        held = self._host()
         buffers, values = [], []
         for k in range(self._count):
             arr = np.zeros((b, h, capacity, dh), dtype=self._dtype)
             if held:
-                arr[:, :, : self._seq_len] = held[k]
+                arr[:, :, : self._seq_len] = held[k][:, :, : self._seq_len]
             values.append(ort.OrtValue.ortvalue_from_numpy(arr, self._device, 0))
             if self._device == "cpu":
                 buffers.append(arr)  # the OrtValue wraps this memory
@@ -117,12 +117,13 @@ class SharedKVCache:
             logger.debug("shared KV cache grown from %d to %d positions", self.capacity, capacity)
         self.buffers, self.values, self.capacity, self.binding = buffers, values, capacity, None
 
+    def _host(self) -> list[np.ndarray]:
+        """The whole buffers on the host: the CPU memory itself, or copies from the device."""
+        return self.buffers or [v.numpy() for v in self.values]
+
     def arrays(self) -> list[np.ndarray]:
         """The held positions [B, H, P, Dh] per tensor (copies; for verification)."""
-        if not self.values:
-            return []
-        full = self.buffers or [v.numpy() for v in self.values]
-        return [np.array(a[:, :, : self._seq_len]) for a in full]
+        return [np.array(a[:, :, : self._seq_len]) for a in self._host()]
 
 
 class OnnxBackend:
@@ -170,12 +171,7 @@ class OnnxBackend:
         self._out_names = [o.name for o in dec.get_outputs()]
         self._kv_dtype = self._dtypes[self._past_names[0]]
         self._cuda = self.provider != "CPUExecutionProvider"
-        self.kv_cache = manifest.part("decoder_model_merged").get("kv_cache", "concat")
-        if self.kv_cache not in ("concat", "shared"):
-            raise CheckpointError(
-                f"{manifest.path / 'manifest.json'}: decoder kv_cache {self.kv_cache!r} unknown "
-                "(this lphi-edge knows 'concat' and 'shared'); upgrade lphi-edge or re-export"
-            )
+        self.kv_cache = manifest.kv_cache
 
     @classmethod
     def from_export_dir(
