@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from lphi_edge.processing.template import Template, get_template
 from lphi_edge.processing.tokenizer import Tokenizer
 from lphi_edge.runtime.backend import Backend
 from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session, Timings, drain
+
+if TYPE_CHECKING:  # the runtime path never imports torch
+    from lphi_edge.runtime.torch_backend import TorchBackend
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +143,17 @@ class Assistant:
                 f"{path} is a checkpoint: backend {backend!r} runs exported engines; export it first with "
                 f"`lphi-export {path} --out DIR` or use backend='torch'"
             )
-        from lphi_edge.model.checkpoint import processor_config
         from lphi_edge.runtime.torch_backend import TorchBackend
 
         tokenizer = Tokenizer.from_dir(path)  # before the weights: a broken tokenizer fails fast
         be = TorchBackend.from_checkpoint(path, device=device, dtype=dtype or "fp32", cuda_graphs=cuda_graphs)
+        return cls.from_torch_backend(be, path, tokenizer, **kwargs)
+
+    @classmethod
+    def from_torch_backend(cls, be: TorchBackend, path: Path, tokenizer: Tokenizer, **kwargs: Any) -> Assistant:
+        """An Assistant over a model already loaded from the checkpoint at `path` (e.g. the exporter's own)."""
+        from lphi_edge.model.checkpoint import processor_config
+
         config = be.model.config
         eos = config.text.eos_token_id
         eos_ids = {eos} if isinstance(eos, int) else set(eos or ())

@@ -40,13 +40,15 @@ def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
     for key in ("cpu", "cores", "threads", "gpu", "memory", "memory_bandwidth_gbs", "libraries"):
         assert key in m, key
     assert m["threads"] == 1 and m["memory_bandwidth_gbs"] > 0.1 and m["libraries"]["torch"].startswith("2.13.0")
-    # the copy rate is measured once up front and before each measured run of each of the 3 engines; the
-    # read rate up front and before each later round (1 warm-up + 3 runs); the strict floors use the best
-    assert len(m["memory_bandwidth_samples_gbs"]) == 1 + 3 * 3 and len(m["memory_read_samples_gbs"]) == 4
+    # the copy rate is measured once up front and before and after each measured run of each of the 3
+    # engines; the read rate up front and before each later round (1 warm-up + 3 runs); the strict floors
+    # use the best
+    assert len(m["memory_bandwidth_samples_gbs"]) == 1 + 2 * 3 * 3 and len(m["memory_read_samples_gbs"]) == 4
     assert m["memory_bandwidth_gbs"] == max(m["memory_bandwidth_samples_gbs"])
     assert m["memory_read_gbs"] == max(m["memory_read_samples_gbs"])
     assert [x["backend"] for x in r["results"]] == ["torch", "onnxruntime"]
     assert [x["precision"] for x in r["results"]] == ["fp32", "int8"]
+    assert [x["kv_cache"] for x in r["results"]] == [None, "concat"]  # a checkpoint has no exported cache
     for res in [*r["results"], r["baseline"]]:
         for stage in ("preprocess", "vision", "prefill", "decode_per_token", "end_to_end"):
             p = res["stages_ms"][stage]
@@ -55,8 +57,13 @@ def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
         assert res["peak_rss_mb"] > 50 and res["weights_mb"] > 0 and res["decode_floor_ms"] > 0
         assert 0 <= res["load_rss_mb"] <= res["peak_rss_mb"]
         assert res["decode_floor_read_ms"] > 0 and res["floor_fraction"]["decode_read"] > 0
-        # beside: every run against the copy rate measured just before it (3 runs, 3 rates)
-        assert len(res["copy_gbs_beside"]) == 3 and res["decode_floor_beside_ms"] >= res["decode_floor_ms"] * 0.99
+        # beside: every run's decode against the copy rate measured just after it (3 runs, 3 rates; and 3 before)
+        assert len(res["copy_gbs_beside"]) == len(res["copy_gbs_before"]) == 3
+        assert res["decode_floor_beside_ms"] >= res["decode_floor_ms"] * 0.99
+        assert set(m["memory_bandwidth_samples_gbs"]) >= set(res["copy_gbs_beside"] + res["copy_gbs_before"])
+        runs = res["runs_ms"]["decode_per_token"]  # every run's own figure, the percentiles' source
+        assert len(runs) == 3
+        assert res["stages_ms"]["decode_per_token"]["p50"] == pytest.approx(sorted(runs)[1], abs=1e-3)
         median_bw = sorted(res["copy_gbs_beside"])[1]
         want = res["decode_floor_ms"] * m["memory_bandwidth_gbs"] / median_bw
         assert res["decode_floor_beside_ms"] == pytest.approx(want, rel=0.01, abs=1e-3)  # JSON rounds to µs

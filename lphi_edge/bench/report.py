@@ -25,7 +25,7 @@ EXTRAPOLATED = (
 
 def _samples(m: dict[str, Any]) -> str:
     n = len(m.get("memory_bandwidth_samples_gbs") or ())
-    return f" (the best of {n} measurements, one before every engine's run)" if n > 1 else ""
+    return f" (the best of {n} measurements, before and after every engine's run)" if n > 1 else ""
 
 
 def _read(m: dict) -> str:

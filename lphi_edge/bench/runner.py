@@ -34,6 +34,8 @@ EXPORT_FLAGS = {
     "int8-shared": ["--quant", "int8", "--kv-cache", "shared"],
     "int4-b128-shared": ["--quant", "int4", "--block-size", "128", "--kv-cache", "shared"],
     "int4-b256-shared": ["--quant", "int4", "--block-size", "256", "--kv-cache", "shared"],
+    # ... and kept as int8 (per-channel scales calibrated on the PyTorch model): a quarter of the cache bytes
+    "int4-b256-shared-kv8": ["--quant", "int4", "--block-size", "256", "--kv-cache", "shared", "--kv-quant", "int8"],
     "int8-vision": ["--quant", "int8", "--quant-vision"],  # the vision encoder's MatMuls in int8 too
 }
 
@@ -87,8 +89,10 @@ class Target:
     decode_bytes: float  # weights read per decoded token
     arch: Arch | None
     load_rss_mb: float  # resident memory the process grew by while loading this engine
+    kv_cache: str | None = None  # an export's decoder cache: "concat", "shared" or "shared/int8"
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "ttft")})
-    copy_gbs: list[float] = field(default_factory=list)  # the copy rate measured just before each of its runs
+    copy_gbs_before: list[float] = field(default_factory=list)  # the copy rate measured just before each run
+    copy_gbs: list[float] = field(default_factory=list)  # ... and just after it: beside the decode, which ends a run
     peak_rss_mb: float = 0.0
     gpu_peak_mb: float | None = None
 
@@ -130,15 +134,20 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
         decode = sum(f["bytes"] for name, f in files.items() if name.startswith("decoder_model_merged"))
         source = Path(manifest.get("source", {}).get("checkpoint", ""))
         arch = _checkpoint_arch(source) if source.is_dir() else None
+        decoder = manifest["parts"]["decoder_model_merged"]
+        kv_cache = decoder.get("kv_cache", "concat")
+        if "kv_quant" in decoder:
+            kv_cache += f"/{decoder['kv_quant']['dtype']}"
     else:
         weights, decode = _torch_bytes(be.model)
-        arch = Arch.from_config(be.model.config)
+        arch, kv_cache = Arch.from_config(be.model.config), None
     label = f"{be.name}/{be.precision}"
     if cuda_graphs is not None:
         label += " (CUDA graphs)" if cuda_graphs else " (eager decode)"
     return Target(
-        label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch, load_rss
-    )
+        label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch, load_rss,
+        kv_cache,
+    )  # fmt: skip
 
 
 def load_baseline(model: str, cfg: BenchConfig) -> Target:
@@ -231,9 +240,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     everyone = targets + ([baseline] if baseline else [])
     logger.info("measuring the machine's floor (copy, read and matmul tests)")
     dev = cfg.device
-    # On a VM the memory rates move with the neighbours' load (here: 31-57 GB/s within minutes). The copy
-    # rate is measured again just before every measured run of every engine: each result gets a floor from
-    # the rate beside its own runs, and the strict floor uses the best rate seen during the whole run.
+    # On a VM the memory rates move with the neighbours' load (here: 28-58 GB/s, switching every few seconds).
+    # The copy rate is measured again just before and just after every measured run of every engine. A run
+    # ends with its decode, so the rate after it is the one beside the decode (it tracks the decode's speed
+    # more closely than the rate before: benchmarks/README.md): each result's decode gets a floor from the
+    # rate beside each of its runs, and the strict floor uses the best rate seen during the whole run.
     copy_samples, read_samples = [memory_bandwidth_gbs(device=dev)], [memory_read_gbs(device=dev)]
     fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)
     gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
@@ -242,16 +253,20 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         if r:
             read_samples.append(memory_read_gbs(device=dev, repeats=3))
         for t in everyone:  # interleaved: each round measures every model once
-            if r >= cfg.warmup:
-                t.copy_gbs.append(memory_bandwidth_gbs(device=dev, repeats=2))
-                copy_samples.append(t.copy_gbs[-1])
+            measured = r >= cfg.warmup
+            if measured:
+                t.copy_gbs_before.append(memory_bandwidth_gbs(device=dev, repeats=2))
+                copy_samples.append(t.copy_gbs_before[-1])
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             stages = _once(t, image, cfg)
+            if measured:
+                t.copy_gbs.append(memory_bandwidth_gbs(device=dev, repeats=2))
+                copy_samples.append(t.copy_gbs[-1])
             t.peak_rss_mb = max(t.peak_rss_mb, rss_mb())
             if cuda:
                 t.gpu_peak_mb = max(t.gpu_peak_mb or 0.0, torch.cuda.max_memory_allocated() / 2**20)
-            if r >= cfg.warmup:
+            if measured:
                 for k, v in stages.items():
                     t.samples[k].append(v)
     bandwidth, read_bw = max(copy_samples), max(read_samples)
@@ -276,7 +291,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "floors_measured_on": dev,
             "memory_bandwidth_gbs": round(bandwidth, 2),  # copy test, bytes read + written (STREAM's count)
             "memory_read_gbs": round(read_bw, 2),  # read-only test (a sum)
-            "memory_bandwidth_samples_gbs": [round(x, 2) for x in copy_samples],  # before each engine's runs
+            "memory_bandwidth_samples_gbs": [round(x, 2) for x in copy_samples],  # before + after each engine's runs
             "memory_read_samples_gbs": [round(x, 2) for x in read_samples],  # before each round
             "compute_gflops_fp32": round(fp32_gflops, 1),
             "compute_gflops_bf16": round(bf16_gflops, 1),
@@ -318,7 +333,7 @@ def _result(
     stages = {s: _pct(t.samples[s]) for s in STAGES}
     decode_floor = t.decode_bytes / (bandwidth * 1e9) * 1e3
     read_floor = t.decode_bytes / (read_bw * 1e9) * 1e3  # the same bytes at the read-only rate
-    # beside: each run against the copy rate measured just before it (the machine as it was then)
+    # beside: each run's decode against the copy rate measured right after it (the machine as it was then)
     beside = [t.decode_bytes / (bw * 1e9) * 1e3 for bw in t.copy_gbs]
     beside_fraction = [f / d for f, d in zip(beside, t.samples["decode_per_token"])]
     res: dict[str, Any] = {
@@ -327,6 +342,7 @@ def _result(
         "backend": t.backend,
         "precision": t.precision,
         "device": t.device,
+        "kv_cache": t.kv_cache,
         "stages_ms": stages,
         "ttft_ms": _pct(t.samples["ttft"]),
         "decode_tokens_per_s": round(1e3 / stages["decode_per_token"]["p50"], 2),
@@ -338,7 +354,9 @@ def _result(
         "decode_floor_ms": round(decode_floor, 3),
         "decode_floor_read_ms": round(read_floor, 3),
         "decode_floor_beside_ms": round(float(np.median(beside)), 3) if beside else None,
-        "copy_gbs_beside": [round(x, 2) for x in t.copy_gbs],
+        "copy_gbs_beside": [round(x, 2) for x in t.copy_gbs],  # right after each run, beside its decode
+        "copy_gbs_before": [round(x, 2) for x in t.copy_gbs_before],  # right before each run
+        "runs_ms": {s: [round(x, 3) for x in t.samples[s]] for s in (*STAGES, "ttft")},  # every measured run
         "vision_floor_ms": None,
         "prefill_floor_ms": None,
         "floor_fraction": {

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="exports of it to build and measure, comma-separated: fp32, fp16, int8, int4, int4-b128, int4-b256, "
         "int8-vision, and with the KV cache written in place (--kv-cache shared): int8-shared, int4-b128-shared, "
-        "int4-b256-shared",
+        "int4-b256-shared, and that cache in int8 (--kv-quant int8): int4-b256-shared-kv8",
     )
     p.add_argument("--work", default=".cache/lphi-bench", help="where synthetic models and exports are kept")
     p.add_argument("--torch-dtypes", default="fp32", help="dtypes to run checkpoints in, e.g. fp32,bf16")

@@ -1,10 +1,12 @@
 """lphi-export: split a LLaVA-Phi checkpoint into verified ONNX engines (and TensorRT on the target).
 
     lphi-export MODEL --out DIR [--fp16] [--quant int8|int4] [--block-size 32] [--quant-vision]
-                [--kv-cache concat|shared] [--trt] [--opset 20] [--no-verify] [--overwrite]
+                [--kv-cache concat|shared] [--kv-quant int8 [--kv-calibration-images DIR]
+                [--kv-calibration-frames 8] [--kv-calibration-headroom 1.25]]
+                [--trt] [--opset 20] [--no-verify] [--overwrite]
 
-For onnxruntime on a CPU, `--quant int4 --block-size 256 --kv-cache shared` is the fastest decoder
-(benchmarks/README.md); `--kv-cache concat` (the default) is the one TensorRT can build.
+For onnxruntime on a CPU, `--quant int4 --block-size 256 --kv-cache shared --kv-quant int8` is the fastest
+decoder (benchmarks/README.md); `--kv-cache concat` (the default) is the one TensorRT can build.
 
 The verification report (per-part max |diff| and cosine, greedy answers vs the PyTorch model) is
 printed and stored in DIR/manifest.json; a failed verification exits non-zero and publishes nothing.
@@ -16,7 +18,7 @@ import argparse
 import sys
 
 from lphi_edge.cli._common import run, setup_logging
-from lphi_edge.export.manifest import KV_CACHES
+from lphi_edge.export.manifest import KV_CACHES, KV_QUANTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +38,24 @@ def main(argv: list[str] | None = None) -> int:
         help="concat: the decoder returns past + new (any runtime, TensorRT included); shared: onnxruntime "
         "GroupQueryAttention writes new positions into one preallocated buffer — no whole-cache copy per token",
     )
+    p.add_argument(
+        "--kv-quant",
+        choices=KV_QUANTS,
+        help="keep the shared KV cache as int8 (per-channel scales calibrated on the PyTorch model): a quarter of "
+        "the cache bytes each decode step reads; needs --kv-cache shared",
+    )
+    p.add_argument(
+        "--kv-calibration-images",
+        metavar="DIR",
+        help="frames like the deployment's to calibrate the int8 KV cache on (default: synthetic scenes)",
+    )
+    p.add_argument("--kv-calibration-frames", type=int, default=8, help="frames to calibrate on (default 8)")
+    p.add_argument(
+        "--kv-calibration-headroom",
+        type=float,
+        default=1.25,
+        help="scales cover this multiple of the largest calibrated value (default 1.25)",
+    )
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines on this machine's GPU")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the PyTorch model")
@@ -53,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def _main() -> int:
         from lphi_edge.export.exporter import ExportConfig, VerificationError, export_model
+        from lphi_edge.export.kv_quant import KVCalibrationConfig
         from lphi_edge.export.manifest import Manifest
         from lphi_edge.export.verify import report_table
 
@@ -66,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             verify_pairs=args.verify_pairs,
             min_token_match=args.min_token_match,
             kv_cache=args.kv_cache,
+            kv_quant=args.kv_quant,
+            kv_calibration=KVCalibrationConfig(
+                images=args.kv_calibration_images,
+                frames=args.kv_calibration_frames,
+                headroom=args.kv_calibration_headroom,
+            ),
             trt=args.trt,
             overwrite=args.overwrite,
         )

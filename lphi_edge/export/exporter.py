@@ -3,14 +3,17 @@
     export_model("ckpt", "out", ExportConfig(fp16=True))
 
 Steps (a progress bar over them): export the three parts (fp32) → fp16 / weight-only int8|int4 →
-tokenizer and manifest → verification against the PyTorch model → move into place. Everything is
-written in a hidden `.<out>.partial-*` directory next to `out` (`lphi_edge.atomic`); a failure or a
-kill leaves no `out` that looks finished, and the next export clears stale partial directories.
+(an int8 KV cache: scales calibrated on the PyTorch model) → tokenizer and manifest → verification
+against the PyTorch model → move into place. The loaded fp32 model is the export's source, the
+calibration's and the verification's reference: one copy in memory. Everything is written in a hidden
+`.<out>.partial-*` directory next to `out` (`lphi_edge.atomic`); a failure or a kill leaves no `out` that
+looks finished, and the next export clears stale partial directories.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import os
@@ -27,14 +30,30 @@ import lphi_edge
 from lphi_edge.atomic import atomic_directory
 from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.export import onnx_parts
-from lphi_edge.export.manifest import FORMAT, FORMAT_VERSION, KV_CACHES, PARTS, Manifest, file_table, sha256_file
+from lphi_edge.export.kv_quant import KVCalibrationConfig, calibrate, kv_scales, quantize_kv_cache, write_scales
+from lphi_edge.export.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    KV_CACHES,
+    KV_QUANTS,
+    KV_SCALES_FILE,
+    PARTS,
+    Manifest,
+    file_table,
+    sha256_file,
+)
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
 from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
 from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
 
 logger = logging.getLogger(__name__)
 
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64"}
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT8: "int8",
+}
 
 
 _EXPORTERS = {
@@ -70,6 +89,9 @@ class ExportConfig:
             "shared" (onnxruntime GroupQueryAttention: the backend keeps one preallocated buffer per layer and
             the decoder writes only the new positions into it — no whole-cache copy per token; onnxruntime
             only, unpadded attention masks).
+        kv_quant: None | "int8": keep the shared cache as int8 with per-channel scales calibrated on the
+            PyTorch model (a quarter of the bytes each decode step reads; `kv_quant.py`). Needs kv_cache="shared".
+        kv_calibration: the frames and headroom of that calibration.
         trt: also build TensorRT engines on this machine's GPU.
         overwrite: replace an existing export directory.
     """
@@ -83,6 +105,8 @@ class ExportConfig:
     verify_pairs: int = 8
     min_token_match: float | None = None
     kv_cache: str = "concat"
+    kv_quant: str | None = None
+    kv_calibration: KVCalibrationConfig = KVCalibrationConfig()
     trt: bool = False
     overwrite: bool = False
 
@@ -99,6 +123,13 @@ class ExportConfig:
             raise ConfigError(f"ExportConfig.min_token_match must be in [0, 1], got {self.min_token_match}")
         if self.kv_cache not in KV_CACHES:
             raise ConfigError(f"ExportConfig.kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
+        if self.kv_quant is not None and self.kv_quant not in KV_QUANTS:
+            raise ConfigError(f"ExportConfig.kv_quant must be one of {KV_QUANTS} or None, got {self.kv_quant!r}")
+        if self.kv_quant is not None and self.kv_cache != "shared":
+            raise ConfigError(
+                f"a {self.kv_quant} KV cache (--kv-quant) is quantized by GroupQueryAttention as it writes the cache: "
+                "it needs kv_cache='shared' (--kv-cache shared)"
+            )
         if self.kv_cache == "shared" and self.trt:
             raise ConfigError(
                 "kv_cache='shared' uses onnxruntime's GroupQueryAttention, which TensorRT cannot build: "
@@ -132,10 +163,19 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
             f"GroupQueryAttention); {model_dir} has {model.config.head_dim}: export with --kv-cache concat"
         )
     tokenizer = Tokenizer.from_dir(model_dir)
+
+    @functools.cache
+    def reference():  # the PyTorch model behind the generation loop, for calibration and verification
+        from lphi_edge.assistant import Assistant
+        from lphi_edge.runtime.torch_backend import TorchBackend
+
+        return Assistant.from_torch_backend(TorchBackend(model), model_dir, tokenizer)
+
+    calibration: dict[str, Any] | None = None
     for noisy in ("onnx_ir", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with atomic_directory(out) as tmp:
-        stages = [*PARTS, "precision", "manifest"]
+        stages = [*PARTS, "precision", *["kv-calibration"] * (config.kv_quant is not None), "manifest"]
         stages += ["verify"] * config.verify
         bar = tqdm(stages, desc="lphi-export", unit="stage")
         timings: dict[str, float] = {}
@@ -146,12 +186,14 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
                 _EXPORTERS[stage](model, tmp / f"{stage}.onnx", config)
             elif stage == "precision":
                 _convert_precision(tmp, config)
+            elif stage == "kv-calibration":
+                calibration = _quantize_kv(tmp, reference(), config)
             elif stage == "manifest":
                 for f in tokenizer_files(model_dir):
                     shutil.copy2(f, tmp / f.name)
-                _write_manifest(tmp, model_dir, model, tokenizer, config)
+                _write_manifest(tmp, model_dir, model, tokenizer, config, calibration)
             else:
-                _verify(tmp, model_dir, config)
+                _verify(tmp, reference(), config)
             timings[stage] = round(time.perf_counter() - t0, 2)
         logger.info("export stages (s): %s", timings)
         if config.trt:
@@ -172,6 +214,19 @@ def _convert_precision(tmp: Path, config: ExportConfig) -> None:
             to_fp16(path, keep_io_types=part != "decoder_model_merged")
 
 
+def _quantize_kv(tmp: Path, reference, config: ExportConfig) -> dict[str, Any]:
+    """Calibrate the cache's scales on the PyTorch model and make the decoder keep an int8 cache."""
+    absmax, summary = calibrate(reference, config.kv_calibration)
+    scales = kv_scales(absmax, config.kv_calibration.headroom)  # (2·L, H, Dh)
+    quantize_kv_cache(tmp / "decoder_model_merged.onnx", scales, config.kv_quant)
+    write_scales(tmp, scales)
+    logger.info(
+        "int8 KV cache calibrated on %d frames (%d positions): max |key| %.3g, max |value| %.3g",
+        summary["frames"], summary["positions"], summary["absmax"]["key"], summary["absmax"]["value"],
+    )  # fmt: skip
+    return summary
+
+
 def _io(values) -> list[dict[str, Any]]:
     out = []
     for v in values:
@@ -189,7 +244,9 @@ def _source_hash(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _write_manifest(tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, config: ExportConfig) -> None:
+def _write_manifest(
+    tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, config: ExportConfig, calibration: dict[str, Any] | None
+) -> None:
     import onnxruntime
     import torch
     import transformers
@@ -206,6 +263,13 @@ def _write_manifest(tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, con
             "outputs": _io(graph.output),
         }
     parts["decoder_model_merged"]["kv_cache"] = config.kv_cache
+    if config.kv_quant is not None:
+        parts["decoder_model_merged"]["kv_quant"] = {
+            "dtype": config.kv_quant,
+            "scales": KV_SCALES_FILE,
+            "granularity": "per (layer, key|value, head, channel); static, symmetric",
+            "calibration": calibration,
+        }
     proc = processor_config(model_dir, cfg)
     data = {
         "format": FORMAT,
@@ -243,14 +307,18 @@ def _write_manifest(tmp: Path, model_dir: Path, model, tokenizer: Tokenizer, con
     Manifest(tmp, data).write()
 
 
-def _verify(tmp: Path, model_dir: Path, config: ExportConfig) -> None:
+def _verify(tmp: Path, reference, config: ExportConfig) -> None:
     from lphi_edge.assistant import Assistant
     from lphi_edge.export.verify import report_table, verify
 
-    reference = Assistant.from_pretrained(model_dir, backend="torch")
     exported = Assistant.from_pretrained(tmp, backend="onnxruntime")
     report = verify(
-        reference, exported, config.precision, pairs=config.verify_pairs, min_token_match=config.min_token_match
+        reference,
+        exported,
+        config.precision,
+        pairs=config.verify_pairs,
+        min_token_match=config.min_token_match,
+        kv_quant=config.kv_quant,
     ).to_dict()
     logger.info("verification of the %s export:\n%s", config.precision, report_table(report))
     manifest = Manifest.load(tmp, verify_checksums=False)

@@ -9,6 +9,8 @@ DIR/tokenizer.json (+ tokenizer_config.json, ...)
 
 parts.decoder_model_merged.kv_cache: "concat" (present = past + new, new tensors; absent in older
 manifests) or "shared" (GroupQueryAttention: past and present may be one buffer, written in place).
+parts.decoder_model_merged.kv_quant (shared only; absent = the cache in the decoder's float type):
+{"dtype": "int8", "scales": "kv_cache_scales.npy" (f32 [2·L, H, Dh], past_key_values order), "calibration": {...}}.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ MANIFEST = "manifest.json"
 PARTS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 KV_CACHES = ("concat", "shared")  # the decoder's cache interface (parts.decoder_model_merged.kv_cache)
+KV_QUANTS = ("int8",)  # a quantized cache (parts.decoder_model_merged.kv_quant.dtype; shared only)
+KV_SCALES_FILE = "kv_cache_scales.npy"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -79,6 +83,29 @@ class Manifest:
                 f"{', '.join(KV_CACHES)}); upgrade lphi-edge or re-export"
             )
         return value
+
+    @property
+    def kv_quant(self) -> dict[str, Any] | None:
+        """The quantized cache's description (dtype, scales file, calibration), or None for a float cache."""
+        meta = self.part("decoder_model_merged").get("kv_quant")
+        if meta is None:
+            return None
+        where = self.path / MANIFEST
+        if not isinstance(meta, dict) or meta.get("dtype") not in KV_QUANTS:
+            found = meta.get("dtype") if isinstance(meta, dict) else meta
+            raise CheckpointError(
+                f"{where}: decoder kv_quant {found!r} unknown (this lphi-edge knows {', '.join(KV_QUANTS)}); "
+                "upgrade lphi-edge or re-export"
+            )
+        if self.kv_cache != "shared":
+            raise CheckpointError(
+                f"{where}: a quantized KV cache (kv_quant) needs kv_cache 'shared', not {self.kv_cache!r}"
+            )
+        if meta.get("scales") not in self.data["files"]:
+            raise CheckpointError(
+                f"{where}: kv_quant scales file {meta.get('scales')!r} is not among the export's files"
+            )
+        return meta
 
     @property
     def backend(self) -> str:

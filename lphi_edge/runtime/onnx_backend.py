@@ -7,6 +7,8 @@ The provider that really runs is checked: asking for CUDA never falls back to CP
 Exports made with `--kv-cache shared` (GroupQueryAttention decoder): the cache is one preallocated
 buffer per past tensor, bound through IO binding as both the decoder's past input and its present
 output, so a step writes only its new positions instead of copying the whole cache (`SharedKVCache`).
+With `--kv-quant int8` those buffers are int8: the decoder quantizes what it writes with the export's
+calibrated scales (kv_cache_scales.npy, read here only to dequantize the cache for inspection).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from lphi_edge.runtime.backend import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int8)": np.int8,
+}
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -72,12 +79,22 @@ class SharedKVCache:
     """past_key_values.{i}.key|value as preallocated buffers [B, H, capacity, Dh] that the decoder's
     GroupQueryAttention updates in place. Positions ≥ seq_len are stale and never read (the op attends to
     the first P + S). Capacity starts at a power of two ≥ the first request (≥ 256) and doubles when a
-    step needs more, up to the context length; growing copies the held positions once."""
+    step needs more, up to the context length; growing copies the held positions once. An int8 cache has
+    `scales` [2·L, H, Dh]: the values it stands for are buffer · scale."""
 
     MIN_CAPACITY = 256
 
-    def __init__(self, shape: tuple[int, int, int], count: int, dtype: np.dtype, device: str, limit: int):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        count: int,
+        dtype: np.dtype,
+        device: str,
+        limit: int,
+        scales: np.ndarray | None = None,
+    ):
         self._shape = shape  # (B, H, Dh)
+        self.scales = scales  # (count, H, Dh) for an int8 cache
         self._count, self._dtype, self._device, self._limit = count, dtype, device, limit
         self._seq_len, self.capacity = 0, 0
         self.buffers: list[np.ndarray] = []  # CPU: the memory the OrtValues wrap
@@ -122,8 +139,11 @@ class SharedKVCache:
         return self.buffers or [v.numpy() for v in self.values]
 
     def arrays(self) -> list[np.ndarray]:
-        """The held positions [B, H, P, Dh] per tensor (copies; for verification)."""
-        return [np.array(a[:, :, : self._seq_len]) for a in self._host()]
+        """The held positions [B, H, P, Dh] per tensor as the values they stand for (copies; for verification)."""
+        held = [a[:, :, : self._seq_len] for a in self._host()]
+        if self.scales is None:
+            return [np.array(a) for a in held]
+        return [a.astype(np.float32) * s[None, :, None, :] for a, s in zip(held, self.scales)]  # dequantized
 
 
 class OnnxBackend:
@@ -172,6 +192,22 @@ class OnnxBackend:
         self._kv_dtype = self._dtypes[self._past_names[0]]
         self._cuda = self.provider != "CPUExecutionProvider"
         self.kv_cache = manifest.kv_cache
+        self.kv_quant = manifest.kv_quant
+        self.kv_scales = self._load_kv_scales() if self.kv_quant else None  # (2·L, H, Dh) of an int8 cache
+
+    def _load_kv_scales(self) -> np.ndarray:
+        path = self.manifest.path / self.kv_quant["scales"]
+        try:
+            scales = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot read the int8 KV cache scales ({e}): re-export") from None
+        want = (len(self._past_names), self.spec.num_kv_heads, self.spec.head_dim)
+        if scales.shape != want or self._kv_dtype != np.int8:
+            raise CheckpointError(
+                f"{path}: int8 KV cache scales of shape {scales.shape} for a decoder cache of "
+                f"{np.dtype(self._kv_dtype).name} {want}: re-export"
+            )
+        return scales
 
     @classmethod
     def from_export_dir(
@@ -209,7 +245,9 @@ class OnnxBackend:
         if self.kv_cache == "shared":
             shape = (batch_size, self.spec.num_kv_heads, self.spec.head_dim)
             device = "cuda" if self._cuda else "cpu"
-            return SharedKVCache(shape, len(self._past_names), self._kv_dtype, device, self.spec.context_length)
+            return SharedKVCache(
+                shape, len(self._past_names), self._kv_dtype, device, self.spec.context_length, self.kv_scales
+            )
         shape = (batch_size, self.spec.num_kv_heads, 0, self.spec.head_dim)
         empty = np.zeros(shape, dtype=self._kv_dtype)
         if self._cuda:

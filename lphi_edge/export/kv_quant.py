@@ -1,0 +1,183 @@
+"""An int8 KV cache: `lphi-export --kv-cache shared --kv-quant int8`.
+
+The shared decoder's GroupQueryAttention (see `rewrites.fuse_kv_attention`) can keep the cache as int8 and
+quantize each new position as it writes it: x_q = round(x / s), saturated to int8, with one static scale s per
+(layer, key|value, head, channel); attention reads x_q · s. Decoding reads the whole cache every token —
+at Phi-2 width and 700 positions 14 MB per layer in fp32, a third of an int4 layer's weights — so int8
+reads a quarter of those bytes (benchmarks/README.md has the per-token gain).
+
+The scales are static, so they are calibrated: the PyTorch model answers a few frames (the keys as they
+are cached, after the rotary embedding), each channel's largest |value| over every position is taken, times
+a headroom for frames not seen, / 127. Calibration frames are a directory of the deployment's own images
+(`--kv-calibration-images`) or, by default, synthetic scenes other than the verification's. The export's
+verification then puts the PyTorch model's cache for its own frames through the same rounding
+(`round_trip`) and fails the export below `verify.KV_COSINE_MIN` (too many values clipped or too coarse a
+grid) — the int8 cache's own error, apart from any weight quantization's.
+
+The scales live twice, from one array: inside the decoder graph (the op's k_scale / v_scale inputs) and in
+`kv_cache_scales.npy` [2·L, H, Dh] (past_key_values order), which the onnxruntime backend reads to
+dequantize the cache for inspection without parsing the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from lphi_edge.errors import ConfigError
+from lphi_edge.export.manifest import KV_QUANTS, KV_SCALES_FILE
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+QMAX = 127  # symmetric int8
+_K_SCALE_INPUT, _V_SCALE_INPUT = 12, 13  # GroupQueryAttention's k_scale / v_scale input slots
+
+
+@dataclass(frozen=True)
+class KVCalibrationConfig:
+    """How the int8 KV cache's scales are calibrated.
+
+    Attributes:
+        images: a directory of frames like the deployment's (png/jpg/bmp/webp; the first `frames` in name
+            order); None: synthetic shapes scenes (a seed other than the verification's).
+        frames: how many frames the PyTorch model answers.
+        new_tokens: tokens generated per frame (their positions are calibrated too).
+        headroom: the scale covers this multiple of the largest |value| seen (values beyond are clipped).
+    """
+
+    images: str | None = None
+    frames: int = 8
+    new_tokens: int = 16
+    headroom: float = 1.25
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"KVCalibrationConfig.frames must be ≥ 1, got {self.frames}")
+        if self.new_tokens < 0:
+            raise ConfigError(f"KVCalibrationConfig.new_tokens must be ≥ 0, got {self.new_tokens}")
+        if not 1.0 <= self.headroom <= 4.0:
+            raise ConfigError(f"KVCalibrationConfig.headroom must be in [1, 4], got {self.headroom}")
+        if self.images is not None:
+            calibration_images(Path(self.images), self.frames)  # fail at configuration, not after the export
+
+    def frames_to_run(self) -> list[Any]:
+        """Paths of the chosen images, or synthetic frames (H×W×3 uint8)."""
+        if self.images is not None:
+            return calibration_images(Path(self.images), self.frames)
+        from lphi_edge.data.shapes import sample_frames
+
+        return sample_frames(self.frames, seed=1)  # verification uses seed 0
+
+
+def calibration_images(directory: Path, limit: int) -> list[Path]:
+    if not directory.is_dir():
+        raise ConfigError(f"KV calibration images: {directory} is not a directory")
+    found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise ConfigError(f"KV calibration images: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files in {directory}")
+    return found[:limit]
+
+
+def calibrate(reference, config: KVCalibrationConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """(largest |value| per cached channel, f32 [2·L, H, Dh] in past_key_values order; a summary).
+
+    `reference` is the PyTorch model's Assistant; each frame is answered greedily with the verification's
+    prompts and every cached position counted (image, prompt and answer)."""
+    from lphi_edge.export.verify import PROMPTS
+    from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session
+
+    absmax: np.ndarray | None = None
+    positions = 0
+    frames = config.frames_to_run()
+    for k, frame in enumerate(frames):
+        text = reference.template.prompt([(PROMPTS[k % len(PROMPTS)], None)], image=True)
+        prompt_ids = reference.tokenizer.encode_prompt(text)
+        feats = reference.backend.encode_images(reference.processor(frame))[0]  # (N, D)
+        session = Session(reference.backend, reference.tokenizer, reference.eos_token_ids)
+        session.generate(prompt_ids, [ImageInput(f"calibration-{k}", feats)], GenerationConfig(config.new_tokens))
+        tensors = session.cache.arrays()  # 2·L × (1, H, P, Dh)
+        frame_max = np.stack([np.abs(t).max(axis=(0, 2)) for t in tensors]).astype(np.float32)  # (2·L, H, Dh)
+        absmax = frame_max if absmax is None else np.maximum(absmax, frame_max)
+        positions += session.cache.seq_len
+    assert absmax is not None
+    summary = {
+        "source": str(Path(config.images).resolve()) if config.images else "synthetic shapes scenes (seed 1)",
+        "frames": len(frames),
+        "positions": positions,
+        "headroom": config.headroom,
+        "absmax": {"key": float(absmax[0::2].max()), "value": float(absmax[1::2].max())},
+    }
+    return absmax, summary
+
+
+def kv_scales(absmax: np.ndarray, headroom: float) -> np.ndarray:
+    """Per-channel scales: headroom · max|x| / 127 (channels never seen non-zero get a tiny positive scale)."""
+    return np.maximum(absmax * headroom / QMAX, np.float32(1e-8)).astype(np.float32)
+
+
+def round_trip(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, float]:
+    """(x as the int8 cache keeps it — x / scale rounded, saturated, times scale; the fraction of x that
+    saturated). x [B, H, P, Dh], scale [H, Dh]: the arithmetic GroupQueryAttention applies when it writes."""
+    s = scale[None, :, None, :]  # (1, H, 1, Dh)
+    q = np.round(x / s)
+    clipped = float(np.mean((q < -(QMAX + 1)) | (q > QMAX)))
+    return np.clip(q, -(QMAX + 1), QMAX) * s, clipped
+
+
+def quantize_kv_cache(path: Path, scales: np.ndarray, dtype: str = "int8") -> int:
+    """Make the shared decoder at `path` keep an int8 cache with `scales` [2·L, H, Dh]; returns the layer count.
+
+    Each GroupQueryAttention gets its layer's scales as (1, H, 1, Dh) initializers (per-channel quantization)
+    and the past / present tensors become int8. Only the small graph file is rewritten: the weights stay in
+    their external data file."""
+    if dtype not in KV_QUANTS:
+        raise ConfigError(f"KV cache quantization must be one of {KV_QUANTS}, got {dtype!r}")
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    layers = 0
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        layer = int(node.input[3].split(".")[1])  # past_key_values.{i}.key
+        inputs = list(node.input) + [""] * (_V_SCALE_INPUT + 1 - len(node.input))
+        for slot, kind, table in (
+            (_K_SCALE_INPUT, "key", scales[2 * layer]),
+            (_V_SCALE_INPUT, "value", scales[2 * layer + 1]),
+        ):
+            name = f"kv_cache_scale.{layer}.{kind}"
+            graph.initializer.append(numpy_helper.from_array(table[None, :, None, :], name))  # (1, H, 1, Dh)
+            inputs[slot] = name
+        del node.input[:]
+        node.input.extend(inputs)
+        node.attribute.extend(
+            [
+                helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("kv_cache_bit_width", 8),
+            ]
+        )
+        layers += 1
+    if layers * 2 != len(scales):
+        raise ConfigError(
+            f"{path.name}: {layers} GroupQueryAttention layers for {len(scales)} scale tables: the int8 KV cache "
+            "needs the shared decoder (--kv-cache shared)"
+        )
+    for value in [*graph.input, *graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            value.type.tensor_type.elem_type = onnx.TensorProto.INT8
+    onnx.save(model, str(path))
+    logger.info("%s: %d layers keep an int8 KV cache (per-channel static scales)", path.name, layers)
+    return layers
+
+
+def write_scales(directory: Path, scales: np.ndarray) -> Path:
+    out = directory / KV_SCALES_FILE
+    np.save(out, scales)
+    return out
