@@ -120,8 +120,8 @@ def plot(result: dict[str, Any], png: str | Path) -> None:
         left = [a + b for a, b in zip(left, vals)]
     ax.set_xlabel("ms (p50)")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(rows)), ncol=len(STACK), fontsize="small")
     ax.set_title("lphi-bench: time per stage")
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    fig.savefig(png, dpi=120, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)

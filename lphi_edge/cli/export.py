@@ -5,8 +5,9 @@
                 [--kv-calibration-frames 8] [--kv-calibration-headroom 1.25]]
                 [--trt] [--opset 20] [--no-verify] [--overwrite]
 
-For onnxruntime on a CPU, `--quant int4 --block-size 256 --kv-cache shared --kv-quant int8` is the fastest
-decoder (benchmarks/README.md); `--kv-cache concat` (the default) is the one TensorRT can build.
+For onnxruntime on a CPU, `--quant int4 --block-size 256 --kv-cache shared` answers a frame soonest, and
+`--kv-quant int8` on top decodes fastest per token (its prefill is slower; benchmarks/README.md);
+`--kv-cache concat` (the default) is the one TensorRT can build.
 
 The verification report (per-part max |diff| and cosine, greedy answers vs the PyTorch model) is
 printed and stored in DIR/manifest.json; a failed verification exits non-zero and publishes nothing.
