@@ -1,8 +1,8 @@
 """Prefill and decode of two shared-KV decoders side by side (e.g. the fp32 cache vs `--kv-quant int8`).
 
-Runs each export's decoder alone (onnxruntime, IO binding, one preallocated cache buffer per past tensor as
-the backend binds it), interleaved: a prefill of P positions from an empty cache for several P, then decode
-steps after P = 697 (one camera frame + a short prompt).
+Runs each export's decoder alone through the onnxruntime backend (its shared cache: one preallocated
+buffer per past tensor, bound as past and present), interleaved: a prefill of P positions from an empty
+cache for several P, then decode steps after P = 697 (one camera frame + a short prompt).
 
     python benchmarks/kv_cache_prefill.py .cache/bench/phi2-2l-int4-b256-shared \
         .cache/bench/phi2-2l-int4-b256-shared-kv8 --json benchmarks/results/kv_cache_prefill.json
@@ -17,35 +17,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from lphi_edge.export.manifest import Manifest
 from lphi_edge.runtime.onnx_backend import OnnxBackend
 
 
 class _Decoder:
-    """An export's decoder over one preallocated buffer per past tensor, bound as past and present."""
+    """An export's decoder through the onnxruntime backend, over one cache it keeps (cropped, never re-made)."""
 
     def __init__(self, export: str, threads: int):
-        be = OnnxBackend(Manifest.load(export, verify_checksums=False), threads=threads)
-        self.sess, spec = be.sessions["decoder_model_merged"], be.spec
-        self.hidden = spec.hidden_size
-        past = [i for i in self.sess.get_inputs() if i.name.startswith("past_key_values.")]
-        dtype = np.int8 if past[0].type == "tensor(int8)" else np.float32
-        self.buffers = [np.zeros((1, spec.num_kv_heads, 1024, spec.head_dim), dtype) for _ in past]  # (1,H,cap,Dh)
-        self.binding = self.sess.io_binding()
-        for i, b in zip(past, self.buffers):
-            v = ort.OrtValue.ortvalue_from_numpy(b)  # wraps the buffer's memory (kept alive by self.buffers)
-            self.binding.bind_ortvalue_input(i.name, v)
-            self.binding.bind_ortvalue_output(i.name.replace("past_key_values", "present"), v)
+        self.be = OnnxBackend(Manifest.load(export, verify_checksums=False), threads=threads)
+        self.hidden = self.be.spec.hidden_size
+        self.cache = self.be.new_cache()
+        self.cache.reserve(1024)
 
     def __call__(self, embeds: np.ndarray, start: int) -> None:
         s = embeds.shape[1]  # embeds (1, S, D) at positions start .. start + S - 1
-        self.binding.bind_cpu_input("inputs_embeds", embeds)
-        self.binding.bind_cpu_input("attention_mask", np.ones((1, start + s), np.int64))
-        self.binding.bind_cpu_input("position_ids", np.arange(start, start + s)[None])
-        self.binding.bind_output("logits", "cpu")
-        self.sess.run_with_iobinding(self.binding)
+        self.cache.crop(start)
+        self.be.decode(embeds, np.ones((1, start + s), np.int64), np.arange(start, start + s)[None], self.cache)
 
 
 def main() -> None:
