@@ -18,9 +18,10 @@ from lphi_edge import Assistant
 from lphi_edge.data.shapes import sample_frames
 from lphi_edge.errors import CheckpointError, ConfigError
 from lphi_edge.export.exporter import ExportConfig, export_model
-from lphi_edge.export.kv_quant import KVCalibrationConfig
-from lphi_edge.export.manifest import Manifest
-from lphi_edge.export.verify import KV_COSINE_MIN, PROMPTS, Comparison, VerificationReport, _judge
+from lphi_edge.export.kv_quant import KVCalibrationConfig, check_graph_scales, quantize_kv_cache
+from lphi_edge.export.manifest import Manifest, file_table
+from lphi_edge.export.rewrites import AttentionPatternError
+from lphi_edge.export.verify import KV_COSINE_MIN, PROMPTS, Comparison, VerificationReport, _judge, verify
 from lphi_edge.model.tiny import TinySpec, write_tiny_checkpoint
 from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session
 from lphi_edge.runtime.onnx_backend import OnnxBackend, SharedKVCache
@@ -50,6 +51,7 @@ def exports(ckpt, frames_dir, tmp_path_factory) -> dict[str, Path]:
     out = {
         "shared": export_model(ckpt, root / "shared", ExportConfig(kv_cache="shared")),
         "kv8": export_model(ckpt, root / "kv8", ExportConfig(kv_cache="shared", kv_quant="int8")),
+        "fp16-kv8": export_model(ckpt, root / "fp16-kv8", ExportConfig(fp16=True, kv_cache="shared", kv_quant="int8")),
     }
     cmd = [str(EXE / "lphi-export"), str(ckpt), "--out", str(root / "int4-kv8"), "--quant", "int4"]
     cmd += ["--block-size", "256", "--kv-cache", "shared", "--kv-quant", "int8"]
@@ -66,7 +68,7 @@ def _decoder(export: Path) -> onnx.ModelProto:
 
 
 def test_the_decoder_keeps_an_int8_cache_with_the_exports_scales(exports):
-    for name in ("kv8", "int4-kv8"):
+    for name in ("kv8", "int4-kv8", "fp16-kv8"):
         m = Manifest.load(exports[name])
         meta = m.kv_quant
         assert meta["dtype"] == "int8" and meta["scales"] == "kv_cache_scales.npy"
@@ -92,6 +94,7 @@ def test_the_decoder_keeps_an_int8_cache_with_the_exports_scales(exports):
                 assert value.type.tensor_type.elem_type == onnx.TensorProto.INT8
         past = [t for t in m.part("decoder_model_merged")["inputs"] if t["name"].startswith("past_")]
         assert {t["dtype"] for t in past} == {"int8"}
+        assert m.data["format_version"] == 2  # lphi-edge versions that cannot read an int8 cache refuse it
         report = m.data["verification"]
         assert report["passed"] and report["kv_quant"] == "int8"
         assert report["thresholds"]["kv_cosine_min"] == KV_COSINE_MIN
@@ -104,11 +107,14 @@ def test_the_decoder_keeps_an_int8_cache_with_the_exports_scales(exports):
     assert calibration["headroom"] == HEADROOM and calibration["positions"] > 8 * image_tokens  # + prompt + answer
     calibration = Manifest.load(exports["int4-kv8"]).kv_quant["calibration"]
     assert calibration["frames"] == 3 and calibration["source"].endswith("frames0")  # the first 3 of the 4 images
-    assert Manifest.load(exports["shared"]).kv_quant is None
+    plain = Manifest.load(exports["shared"])
+    assert plain.kv_quant is None and plain.data["format_version"] == 1
+    assert Assistant.from_pretrained(exports["fp16-kv8"]).ask(sample_frames(1)[0], PROMPTS[0]).text  # f16 compute
 
 
-def _with_scales_times(export: Path, factor: float, out: Path) -> Path:
-    """A copy of an int8-cache export whose graph scales are `factor` times the calibrated ones."""
+def _with_scales_times(export: Path, factor: float, out: Path, npy: bool = True) -> Path:
+    """A copy of an int8-cache export whose graph scales (and, with `npy`, its scales file) are `factor` times
+    the calibrated ones."""
     shutil.copytree(export, out)
     path = out / "decoder_model_merged.onnx"
     model = onnx.load(str(path), load_external_data=False)
@@ -116,7 +122,8 @@ def _with_scales_times(export: Path, factor: float, out: Path) -> Path:
         if t.name.startswith("kv_cache_scale."):
             t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * np.float32(factor), t.name))
     onnx.save(model, str(path))
-    np.save(out / "kv_cache_scales.npy", np.load(out / "kv_cache_scales.npy") * np.float32(factor))
+    if npy:
+        np.save(out / "kv_cache_scales.npy", np.load(out / "kv_cache_scales.npy") * np.float32(factor))
     return out
 
 
@@ -215,12 +222,24 @@ def test_int8_cache_options_are_refused_by_name(exports, tmp_path, ckpt):
         KVCalibrationConfig(frames=0)
     with pytest.raises(ConfigError, match=r"headroom must be in \[1, 4\]"):
         KVCalibrationConfig(headroom=0.5)
+    with pytest.raises(ConfigError, match=r"headroom must be in \[1, 4\]"):
+        KVCalibrationConfig(headroom=5)
+    with pytest.raises(ConfigError, match="new_tokens must be ≥ 1"):
+        KVCalibrationConfig(new_tokens=0)
+    with pytest.raises(ConfigError, match="frames must be a whole number, got 2.5"):
+        KVCalibrationConfig(frames=2.5)
     proc = subprocess.run(
         [str(EXE / "lphi-export"), str(ckpt), "--out", str(tmp_path / "x"), "--kv-quant", "int8"],
         capture_output=True,
         text=True,
     )
     assert proc.returncode != 0 and "--kv-cache shared" in proc.stderr and not (tmp_path / "x").exists()
+    proc = subprocess.run(
+        [str(EXE / "lphi-export"), str(ckpt), "--out", str(tmp_path / "x"), "--kv-calibration-frames", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "they need --kv-quant int8" in proc.stderr and not (tmp_path / "x").exists()
 
     def manifest_with(**kv_quant) -> Manifest:
         m = Manifest.load(exports["kv8"])
@@ -233,6 +252,23 @@ def test_int8_cache_options_are_refused_by_name(exports, tmp_path, ckpt):
         OnnxBackend(manifest_with(scales="nowhere.npy"))
     with pytest.raises(CheckpointError, match="cannot read the int8 KV cache scales"):
         OnnxBackend(manifest_with(scales="tokenizer.json"))
+    with pytest.raises(CheckpointError, match=r"kv_quant scales file \['a.npy'\] is not among"):
+        OnnxBackend(manifest_with(scales=["a.npy"]))
+    bad = tmp_path / "bad-scales"
+    shutil.copytree(exports["kv8"], bad)
+
+    def with_scales(scales: np.ndarray) -> Manifest:  # a scales file written with a consistent file table
+        np.save(bad / "kv_cache_scales.npy", scales)
+        m = Manifest.load(exports["kv8"], verify_checksums=False)
+        m.path, m.data["files"] = bad, file_table(bad)
+        return m
+
+    with pytest.raises(CheckpointError, match=r"scales float64 \(4, 1, 80\).*expected float32 \(4, 1, 80\)"):
+        OnnxBackend(with_scales(np.ones((4, 1, 80))))
+    with pytest.raises(CheckpointError, match=r"scales float32 \(2, 1, 80\).*expected float32 \(4, 1, 80\)"):
+        OnnxBackend(with_scales(np.ones((2, 1, 80), np.float32)))
+    with pytest.raises(CheckpointError, match="must be finite and > 0"):
+        OnnxBackend(with_scales(np.zeros((4, 1, 80), np.float32)))
     concat = Manifest.load(exports["kv8"])
     concat.data["parts"]["decoder_model_merged"]["kv_cache"] = "concat"
     with pytest.raises(CheckpointError, match="needs kv_cache 'shared', not 'concat'"):
@@ -259,3 +295,20 @@ def test_the_verification_gate_fails_a_coarse_int8_cache():
     report.parts["vision_features"] = Comparison(0.1, 0.99)  # the vision encoder keeps its precision's gate
     _judge(report, None)
     assert report.failures == ["vision_features cosine 0.990000 < 0.99999"]
+
+
+@pytest.mark.parametrize(("npy", "failure"), [(True, "kv_int8_round_trip cosine"), (False, "prefill_kv cosine")])
+def test_the_verification_fails_an_export_whose_scales_are_off(exports, ckpt, tmp_path, npy, failure):
+    """Scales a tenth of the calibrated ones: in graph and scales file, the cache's own rounding fails the gate;
+    in the graph alone (a rewrite gone wrong), the exported cache against PyTorch's does."""
+    coarse = _with_scales_times(exports["kv8"], 0.1, tmp_path / "coarse", npy=npy)
+    reference, exported = Assistant.from_pretrained(ckpt), Assistant.from_pretrained(coarse, verify_checksums=False)
+    report = verify(reference, exported, "fp32", pairs=2, kv_quant="int8")
+    assert not report.passed and any(f.startswith(failure) for f in report.failures), report.failures
+    scales = np.load(exports["kv8"] / "kv_cache_scales.npy")
+    check_graph_scales(exports["kv8"] / "decoder_model_merged.onnx", scales)  # the export's own: consistent
+    if not npy:
+        with pytest.raises(AttentionPatternError, match="layer 0's attention lacks its calibrated scales"):
+            check_graph_scales(coarse / "decoder_model_merged.onnx", scales)
+    with pytest.raises(AttentionPatternError, match="already keeps a quantized cache"):
+        quantize_kv_cache(coarse / "decoder_model_merged.onnx", scales)  # never quantized twice

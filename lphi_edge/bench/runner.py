@@ -119,7 +119,7 @@ def load_targets(model: str, cfg: BenchConfig) -> list[Target]:
 
 def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_graphs: bool | None = None) -> Target:
     from lphi_edge.assistant import Assistant, resolve_model_dir
-    from lphi_edge.export.manifest import is_export_dir
+    from lphi_edge.export.manifest import Manifest, is_export_dir
 
     path = resolve_model_dir(model, cfg.backend)
     extra = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
@@ -128,16 +128,14 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
     )
     be = assistant.backend
     if is_export_dir(path):
-        manifest = json.loads((path / "manifest.json").read_text())
-        files = manifest["files"]
+        manifest = Manifest.load(path, verify_checksums=False)  # the backend has just checked it
+        files = manifest.data["files"]
         weights = sum(f["bytes"] for f in files.values())
         decode = sum(f["bytes"] for name, f in files.items() if name.startswith("decoder_model_merged"))
-        source = Path(manifest.get("source", {}).get("checkpoint", ""))
+        source = Path(manifest.data.get("source", {}).get("checkpoint", ""))
         arch = _checkpoint_arch(source) if source.is_dir() else None
-        decoder = manifest["parts"]["decoder_model_merged"]
-        kv_cache = decoder.get("kv_cache", "concat")
-        if "kv_quant" in decoder:
-            kv_cache += f"/{decoder['kv_quant']['dtype']}"
+        kv_quant = manifest.kv_quant
+        kv_cache = manifest.kv_cache + (f"/{kv_quant['dtype']}" if kv_quant else "")  # e.g. "shared/int8"
     else:
         weights, decode = _torch_bytes(be.model)
         arch, kv_cache = Arch.from_config(be.model.config), None
@@ -240,7 +238,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     everyone = targets + ([baseline] if baseline else [])
     logger.info("measuring the machine's floor (copy, read and matmul tests)")
     dev = cfg.device
-    # On a VM the memory rates move with the neighbours' load (here: 28-58 GB/s, switching every few seconds).
+    # On a VM the memory rates move with the neighbours' load (here: 26-58 GB/s, switching every few seconds).
     # The copy rate is measured again just before and just after every measured run of every engine. A run
     # ends with its decode, so the rate after it is the one beside the decode (it tracks the decode's speed
     # more closely than the rate before: benchmarks/README.md): each result's decode gets a floor from the

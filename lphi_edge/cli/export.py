@@ -50,11 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="frames like the deployment's to calibrate the int8 KV cache on (default: synthetic scenes)",
     )
-    p.add_argument("--kv-calibration-frames", type=int, default=8, help="frames to calibrate on (default 8)")
+    p.add_argument("--kv-calibration-frames", type=int, help="frames to calibrate on (default 8)")
     p.add_argument(
         "--kv-calibration-headroom",
         type=float,
-        default=1.25,
         help="scales cover this multiple of the largest calibrated value (default 1.25)",
     )
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines on this machine's GPU")
@@ -70,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    calibration = {
+        k: v
+        for k, v in (
+            ("images", args.kv_calibration_images),
+            ("frames", args.kv_calibration_frames),
+            ("headroom", args.kv_calibration_headroom),
+        )
+        if v is not None
+    }
+    if calibration and not args.kv_quant:
+        p.error("--kv-calibration-images/-frames/-headroom calibrate the int8 KV cache: they need --kv-quant int8")
     setup_logging(args.verbose)
 
     def _main() -> int:
@@ -89,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             min_token_match=args.min_token_match,
             kv_cache=args.kv_cache,
             kv_quant=args.kv_quant,
-            kv_calibration=KVCalibrationConfig(
-                images=args.kv_calibration_images,
-                frames=args.kv_calibration_frames,
-                headroom=args.kv_calibration_headroom,
-            ),
+            kv_calibration=KVCalibrationConfig(**calibration),
             trt=args.trt,
             overwrite=args.overwrite,
         )

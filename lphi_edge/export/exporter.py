@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 from tqdm.auto import tqdm
@@ -30,10 +30,18 @@ import lphi_edge
 from lphi_edge.atomic import atomic_directory
 from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.export import onnx_parts
-from lphi_edge.export.kv_quant import KVCalibrationConfig, calibrate, kv_scales, quantize_kv_cache, write_scales
+from lphi_edge.export.kv_quant import (
+    KVCalibrationConfig,
+    calibrate,
+    check_graph_scales,
+    kv_scales,
+    quantize_kv_cache,
+    write_scales,
+)
 from lphi_edge.export.manifest import (
     FORMAT,
     FORMAT_VERSION,
+    FORMAT_VERSION_INT8_KV,
     KV_CACHES,
     KV_QUANTS,
     KV_SCALES_FILE,
@@ -45,6 +53,9 @@ from lphi_edge.export.manifest import (
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
 from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
 from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
+
+if TYPE_CHECKING:
+    from lphi_edge.assistant import Assistant
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +225,13 @@ def _convert_precision(tmp: Path, config: ExportConfig) -> None:
             to_fp16(path, keep_io_types=part != "decoder_model_merged")
 
 
-def _quantize_kv(tmp: Path, reference, config: ExportConfig) -> dict[str, Any]:
+def _quantize_kv(tmp: Path, reference: Assistant, config: ExportConfig) -> dict[str, Any]:
     """Calibrate the cache's scales on the PyTorch model and make the decoder keep an int8 cache."""
     absmax, summary = calibrate(reference, config.kv_calibration)
     scales = kv_scales(absmax, config.kv_calibration.headroom)  # (2·L, H, Dh)
     quantize_kv_cache(tmp / "decoder_model_merged.onnx", scales, config.kv_quant)
     write_scales(tmp, scales)
+    check_graph_scales(tmp / "decoder_model_merged.onnx", scales)  # the graph and the npy: one array
     logger.info(
         "int8 KV cache calibrated on %d frames (%d positions): max |key| %.3g, max |value| %.3g",
         summary["frames"], summary["positions"], summary["absmax"]["key"], summary["absmax"]["value"],
@@ -273,7 +285,7 @@ def _write_manifest(
     proc = processor_config(model_dir, cfg)
     data = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION_INT8_KV if config.kv_quant else FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "backend": "onnxruntime",
         "precision": config.precision,
@@ -307,7 +319,7 @@ def _write_manifest(
     Manifest(tmp, data).write()
 
 
-def _verify(tmp: Path, reference, config: ExportConfig) -> None:
+def _verify(tmp: Path, reference: Assistant, config: ExportConfig) -> None:
     from lphi_edge.assistant import Assistant
     from lphi_edge.export.verify import report_table, verify
 

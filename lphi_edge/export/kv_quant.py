@@ -22,9 +22,10 @@ dequantize the cache for inspection without parsing the graph.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -32,12 +33,19 @@ from onnx import helper, numpy_helper
 
 from lphi_edge.errors import ConfigError
 from lphi_edge.export.manifest import KV_QUANTS, KV_SCALES_FILE
+from lphi_edge.export.rewrites import AttentionPatternError
+from lphi_edge.runtime.onnx_backend import dequantize
+
+if TYPE_CHECKING:
+    from lphi_edge.assistant import Assistant
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 QMAX = 127  # symmetric int8
 _K_SCALE_INPUT, _V_SCALE_INPUT = 12, 13  # GroupQueryAttention's k_scale / v_scale input slots
+_QUANT_ATTRIBUTES = ("k_quant_type", "v_quant_type", "kv_cache_bit_width")
+_PAST_KEY = re.compile(r"past_key_values\.(\d+)\.key")
 
 
 @dataclass(frozen=True)
@@ -58,10 +66,13 @@ class KVCalibrationConfig:
     headroom: float = 1.25
 
     def __post_init__(self) -> None:
+        for name in ("frames", "new_tokens"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"KVCalibrationConfig.{name} must be a whole number, got {getattr(self, name)!r}")
         if self.frames < 1:
             raise ConfigError(f"KVCalibrationConfig.frames must be ≥ 1, got {self.frames}")
-        if self.new_tokens < 0:
-            raise ConfigError(f"KVCalibrationConfig.new_tokens must be ≥ 0, got {self.new_tokens}")
+        if self.new_tokens < 1:
+            raise ConfigError(f"KVCalibrationConfig.new_tokens must be ≥ 1, got {self.new_tokens}")
         if not 1.0 <= self.headroom <= 4.0:
             raise ConfigError(f"KVCalibrationConfig.headroom must be in [1, 4], got {self.headroom}")
         if self.images is not None:
@@ -85,7 +96,7 @@ def calibration_images(directory: Path, limit: int) -> list[Path]:
     return found[:limit]
 
 
-def calibrate(reference, config: KVCalibrationConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def calibrate(reference: Assistant, config: KVCalibrationConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """(largest |value| per cached channel, f32 [2·L, H, Dh] in past_key_values order; a summary).
 
     `reference` is the PyTorch model's Assistant; each frame is answered greedily with the verification's
@@ -125,10 +136,9 @@ def kv_scales(absmax: np.ndarray, headroom: float) -> np.ndarray:
 def round_trip(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, float]:
     """(x as the int8 cache keeps it — x / scale rounded, saturated, times scale; the fraction of x that
     saturated). x [B, H, P, Dh], scale [H, Dh]: the arithmetic GroupQueryAttention applies when it writes."""
-    s = scale[None, :, None, :]  # (1, H, 1, Dh)
-    q = np.round(x / s)
+    q = np.round(x / scale[None, :, None, :])  # (B, H, P, Dh)
     clipped = float(np.mean((q < -(QMAX + 1)) | (q > QMAX)))
-    return np.clip(q, -(QMAX + 1), QMAX) * s, clipped
+    return dequantize(np.clip(q, -(QMAX + 1), QMAX), scale), clipped
 
 
 def quantize_kv_cache(path: Path, scales: np.ndarray, dtype: str = "int8") -> int:
@@ -145,7 +155,13 @@ def quantize_kv_cache(path: Path, scales: np.ndarray, dtype: str = "int8") -> in
     for node in graph.node:
         if node.op_type != "GroupQueryAttention":
             continue
-        layer = int(node.input[3].split(".")[1])  # past_key_values.{i}.key
+        match = _PAST_KEY.fullmatch(node.input[3])
+        if match is None or any(a.name in _QUANT_ATTRIBUTES for a in node.attribute):
+            raise AttentionPatternError(
+                f"{path.name}: GroupQueryAttention {node.name!r} does not read a past_key_values.<i>.key input "
+                f"directly, or already keeps a quantized cache (past input {node.input[3]!r})"
+            )
+        layer = int(match.group(1))
         inputs = list(node.input) + [""] * (_V_SCALE_INPUT + 1 - len(node.input))
         for slot, kind, table in (
             (_K_SCALE_INPUT, "key", scales[2 * layer]),
@@ -165,7 +181,7 @@ def quantize_kv_cache(path: Path, scales: np.ndarray, dtype: str = "int8") -> in
         )
         layers += 1
     if layers * 2 != len(scales):
-        raise ConfigError(
+        raise AttentionPatternError(
             f"{path.name}: {layers} GroupQueryAttention layers for {len(scales)} scale tables: the int8 KV cache "
             "needs the shared decoder (--kv-cache shared)"
         )
@@ -175,6 +191,20 @@ def quantize_kv_cache(path: Path, scales: np.ndarray, dtype: str = "int8") -> in
     onnx.save(model, str(path))
     logger.info("%s: %d layers keep an int8 KV cache (per-channel static scales)", path.name, layers)
     return layers
+
+
+def check_graph_scales(path: Path, scales: np.ndarray) -> None:
+    """The decoder's k_scale / v_scale initializers must be `scales` [2·L, H, Dh], layer by layer."""
+    model = onnx.load(str(path), load_external_data=False)
+    tables = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("kv_cache_scale.")}
+    for node in model.graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        layer = int(_PAST_KEY.fullmatch(node.input[3]).group(1))
+        for slot, row in ((_K_SCALE_INPUT, 2 * layer), (_V_SCALE_INPUT, 2 * layer + 1)):
+            got = tables.get(node.input[slot]) if len(node.input) > slot else None
+            if got is None or not np.array_equal(got, scales[row][None, :, None, :]):
+                raise AttentionPatternError(f"{path.name}: layer {layer}'s attention lacks its calibrated scales")
 
 
 def write_scales(directory: Path, scales: np.ndarray) -> Path:

@@ -26,7 +26,8 @@ from lphi_edge.errors import CheckpointError
 
 FORMAT = "lphi-edge-export"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION_INT8_KV = 2  # an export whose decoder keeps an int8 cache: readers before it would misread it
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 PARTS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -101,7 +102,7 @@ class Manifest:
             raise CheckpointError(
                 f"{where}: a quantized KV cache (kv_quant) needs kv_cache 'shared', not {self.kv_cache!r}"
             )
-        if meta.get("scales") not in self.data["files"]:
+        if not isinstance(meta.get("scales"), str) or meta["scales"] not in self.data["files"]:
             raise CheckpointError(
                 f"{where}: kv_quant scales file {meta.get('scales')!r} is not among the export's files"
             )

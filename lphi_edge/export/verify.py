@@ -6,9 +6,11 @@ Both sides run behind the same Backend protocol and generation loop, on fixed in
 Thresholds by precision: fp32 identical tokens; fp16 cosine ≥ 0.999 and identical tokens;
 int8 / int4 report their token-match rate and cosine (no gate beyond finite outputs). An int8 KV cache
 (`kv_quant`): the PyTorch model's prefill cache put through the export's int8 rounding (its own scales)
-keeps cosine ≥ KV_COSINE_MIN against itself — the cache's own error, whatever the weights' precision; the
-fraction of values that saturate is reported. The vision features keep their precision's gate; logits and
-tokens are reported (the cache's rounding moves them), gated only by `min_token_match`.
+keeps cosine ≥ KV_COSINE_MIN against itself in every layer's keys and values — the cache's own error,
+whatever the weights' precision; the fraction of values that saturate is reported. With float weights the
+exported cache itself (dequantized) must also keep cosine ≥ KV_COSINE_MIN against the PyTorch model's.
+The vision features keep their precision's gate; logits and tokens are reported (the cache's rounding
+moves them), gated only by `min_token_match`.
 """
 
 from __future__ import annotations
@@ -125,9 +127,12 @@ def verify(
     kv = [np.concatenate([a.ravel() for a in s.cache.arrays()]) for s in sessions]
     report.parts["prefill_kv"] = Comparison.of(*kv)
     if kv_quant is not None:  # the int8 cache's own error: the reference cache through the export's rounding
-        ref_tensors = sessions[0].cache.arrays()
-        trips = [round_trip(t, s) for t, s in zip(ref_tensors, exp_be.kv_scales)]
-        report.parts["kv_int8_round_trip"] = Comparison.of(kv[0], np.concatenate([t.ravel() for t, _ in trips]))
+        ref_tensors = sessions[0].cache.arrays()  # 2·L × (1, H, P, Dh)
+        trips = [round_trip(t, s) for t, s in zip(ref_tensors, exp_be.kv_scales)]  # (dequantized, clipped share)
+        per_tensor = [Comparison.of(t, q) for t, (q, _) in zip(ref_tensors, trips)]
+        report.parts["kv_int8_round_trip"] = Comparison(  # the worst layer's key or value
+            max(c.max_abs_diff for c in per_tensor), min(c.cosine for c in per_tensor)
+        )
         sizes = [t.size for t in ref_tensors]
         report.kv_clipped_fraction = float(np.average([c for _, c in trips], weights=sizes))
     steps = [Comparison.of(*(s.step(tok)[0, -1] for s in sessions)) for tok in forced]
@@ -156,6 +161,10 @@ def _judge(report: VerificationReport, min_token_match: float | None) -> None:
     if min_token_match is not None and report.token_match_rate < min_token_match:
         report.failures.append(f"token match rate {report.token_match_rate:.3f} < {min_token_match}")
     if report.kv_quant is not None:
+        kv = report.parts.get("prefill_kv")
+        if report.precision in COSINE_MIN and kv is not None and kv.cosine < KV_COSINE_MIN:
+            # float weights: the exported cache itself (its graph's scales) against PyTorch's
+            report.failures.append(f"prefill_kv cosine {kv.cosine:.6f} < {KV_COSINE_MIN} ({report.kv_quant} KV cache)")
         trip = report.parts.get("kv_int8_round_trip")
         if trip is not None and trip.cosine < KV_COSINE_MIN:
             clipped = report.kv_clipped_fraction or 0.0

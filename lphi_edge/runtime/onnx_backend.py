@@ -38,6 +38,11 @@ PROVIDERS = {
 }
 
 
+def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """An int8 cache tensor [B, H, P, Dh] as the values it stands for: q · scale, scale [H, Dh] per channel."""
+    return q.astype(np.float32) * scale[None, :, None, :]
+
+
 def _import_ort():
     try:
         import onnxruntime
@@ -143,7 +148,7 @@ class SharedKVCache:
         held = [a[:, :, : self._seq_len] for a in self._host()]
         if self.scales is None:
             return [np.array(a) for a in held]
-        return [a.astype(np.float32) * s[None, :, None, :] for a, s in zip(held, self.scales)]  # dequantized
+        return [dequantize(a, s) for a, s in zip(held, self.scales)]
 
 
 class OnnxBackend:
@@ -202,11 +207,13 @@ class OnnxBackend:
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{path}: cannot read the int8 KV cache scales ({e}): re-export") from None
         want = (len(self._past_names), self.spec.num_kv_heads, self.spec.head_dim)
-        if scales.shape != want or self._kv_dtype != np.int8:
+        if scales.shape != want or scales.dtype != np.float32 or self._kv_dtype != np.int8:
             raise CheckpointError(
-                f"{path}: int8 KV cache scales of shape {scales.shape} for a decoder cache of "
-                f"{np.dtype(self._kv_dtype).name} {want}: re-export"
+                f"{path}: int8 KV cache scales {scales.dtype} {scales.shape} for a decoder cache of "
+                f"{np.dtype(self._kv_dtype).name}: expected float32 {want}; re-export"
             )
+        if not (np.isfinite(scales).all() and (scales > 0).all()):
+            raise CheckpointError(f"{path}: int8 KV cache scales must be finite and > 0; re-export")
         return scales
 
     @classmethod
