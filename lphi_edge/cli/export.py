@@ -43,17 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         "--kv-quant",
         choices=KV_QUANTS,
         help="keep the shared KV cache as int8 (per-channel scales calibrated on the PyTorch model): a quarter of "
-        "the cache bytes each decode step reads; needs --kv-cache shared",
+        "the cache bytes each decode step reads — faster decode, slower prefill on a CPU; needs --kv-cache shared",
     )
     p.add_argument(
         "--kv-calibration-images",
         metavar="DIR",
         help="frames like the deployment's to calibrate the int8 KV cache on (default: synthetic scenes)",
     )
-    p.add_argument("--kv-calibration-frames", type=int, help="frames to calibrate on (default 8)")
+    p.add_argument("--kv-calibration-frames", type=int, metavar="N", help="frames to calibrate on (default 8)")
     p.add_argument(
         "--kv-calibration-headroom",
         type=float,
+        metavar="X",
         help="scales cover this multiple of the largest calibrated value (default 1.25)",
     )
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines on this machine's GPU")
