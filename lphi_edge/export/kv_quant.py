@@ -141,6 +141,25 @@ def round_trip(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, float]:
     return dequantize(np.clip(q, -(QMAX + 1), QMAX), scale), clipped
 
 
+def _attention_layers(path: Path, graph: onnx.GraphProto):
+    """(node, layer) for each GroupQueryAttention of the shared decoder, its layer from its past key input."""
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        match = _PAST_KEY.fullmatch(node.input[3])
+        if match is None:
+            raise AttentionPatternError(
+                f"{path.name}: GroupQueryAttention {node.name!r} does not read a past_key_values.<i>.key input "
+                f"directly (past input {node.input[3]!r})"
+            )
+        yield node, int(match.group(1))
+
+
+def _scale_slots(layer: int) -> tuple[tuple[int, str, int], ...]:
+    """(input slot, "key" | "value", row of the [2·L, H, Dh] scales) of one layer's k_scale and v_scale."""
+    return (_K_SCALE_INPUT, "key", 2 * layer), (_V_SCALE_INPUT, "value", 2 * layer + 1)
+
+
 def quantize_kv_cache(path: Path, scales: np.ndarray, dtype: str = "int8") -> int:
     """Make the shared decoder at `path` keep an int8 cache with `scales` [2·L, H, Dh]; returns the layer count.
 
@@ -152,23 +171,13 @@ def quantize_kv_cache(path: Path, scales: np.ndarray, dtype: str = "int8") -> in
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     layers = 0
-    for node in graph.node:
-        if node.op_type != "GroupQueryAttention":
-            continue
-        match = _PAST_KEY.fullmatch(node.input[3])
-        if match is None or any(a.name in _QUANT_ATTRIBUTES for a in node.attribute):
-            raise AttentionPatternError(
-                f"{path.name}: GroupQueryAttention {node.name!r} does not read a past_key_values.<i>.key input "
-                f"directly, or already keeps a quantized cache (past input {node.input[3]!r})"
-            )
-        layer = int(match.group(1))
+    for node, layer in _attention_layers(path, graph):
+        if any(a.name in _QUANT_ATTRIBUTES for a in node.attribute):
+            raise AttentionPatternError(f"{path.name}: layer {layer}'s attention already keeps a quantized cache")
         inputs = list(node.input) + [""] * (_V_SCALE_INPUT + 1 - len(node.input))
-        for slot, kind, table in (
-            (_K_SCALE_INPUT, "key", scales[2 * layer]),
-            (_V_SCALE_INPUT, "value", scales[2 * layer + 1]),
-        ):
+        for slot, kind, row in _scale_slots(layer):
             name = f"kv_cache_scale.{layer}.{kind}"
-            graph.initializer.append(numpy_helper.from_array(table[None, :, None, :], name))  # (1, H, 1, Dh)
+            graph.initializer.append(numpy_helper.from_array(scales[row][None, :, None, :], name))  # (1, H, 1, Dh)
             inputs[slot] = name
         del node.input[:]
         node.input.extend(inputs)
@@ -197,11 +206,8 @@ def check_graph_scales(path: Path, scales: np.ndarray) -> None:
     """The decoder's k_scale / v_scale initializers must be `scales` [2·L, H, Dh], layer by layer."""
     model = onnx.load(str(path), load_external_data=False)
     tables = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("kv_cache_scale.")}
-    for node in model.graph.node:
-        if node.op_type != "GroupQueryAttention":
-            continue
-        layer = int(_PAST_KEY.fullmatch(node.input[3]).group(1))
-        for slot, row in ((_K_SCALE_INPUT, 2 * layer), (_V_SCALE_INPUT, 2 * layer + 1)):
+    for node, layer in _attention_layers(path, model.graph):
+        for slot, _, row in _scale_slots(layer):
             got = tables.get(node.input[slot]) if len(node.input) > slot else None
             if got is None or not np.array_equal(got, scales[row][None, :, None, :]):
                 raise AttentionPatternError(f"{path.name}: layer {layer}'s attention lacks its calibrated scales")

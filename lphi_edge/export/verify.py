@@ -124,10 +124,11 @@ def verify(
     sessions = [Session(be, reference.tokenizer) for be in (ref_be, exp_be)]
     logits = [s.prefill(prompt_ids, image)[0, -1] for s in sessions]  # (V,) each
     report.parts["prefill_logits"] = Comparison.of(*logits)
-    kv = [np.concatenate([a.ravel() for a in s.cache.arrays()]) for s in sessions]
+    caches = [s.cache.arrays() for s in sessions]  # each 2·L × (1, H, P, Dh)
+    kv = [np.concatenate([a.ravel() for a in c]) for c in caches]
     report.parts["prefill_kv"] = Comparison.of(*kv)
     if kv_quant is not None:  # the int8 cache's own error: the reference cache through the export's rounding
-        ref_tensors = sessions[0].cache.arrays()  # 2·L × (1, H, P, Dh)
+        ref_tensors = caches[0]
         trips = [round_trip(t, s) for t, s in zip(ref_tensors, exp_be.kv_scales)]  # (dequantized, clipped share)
         per_tensor = [Comparison.of(t, q) for t, (q, _) in zip(ref_tensors, trips)]
         report.parts["kv_int8_round_trip"] = Comparison(  # the worst layer's key or value
