@@ -27,6 +27,8 @@ from lphi_edge.processing.image import ProcessorConfig
 from lphi_edge.processing.template import PHI_SYSTEM
 from lphi_edge.processing.tokenizer import EOS_TEXT
 
+DEFAULT_INIT_RANGE = 0.02  # transformers' PhiConfig / CLIPVisionConfig default
+
 logger = logging.getLogger(__name__)
 
 _CORPUS = [
@@ -54,8 +56,11 @@ class TinySpec:
     vision_heads: int = 4
     image_size: int = 56  # 4×4 patches of 14 px → 16 image tokens
     patch_size: int = 14
-    init_range: float = 0.15  # larger than usual so random answers depend on image and prompt
-    lm_head_bias_std: float = 1.0  # with init 0.15: clear logit margins, so fp16 keeps the greedy answers
+    # Weights ~ N(0, init_range): larger than usual so random answers depend on image and prompt. None keeps
+    # the model classes' own initialisation (transformers' initializer_range 0.02: near-uniform logits, near-ties
+    # everywhere), which the export gates must also pass.
+    init_range: float | None = 0.15
+    lm_head_bias_std: float = 1.0  # non-zero: the bias must be kept (0: the initialisation's zeros)
 
 
 def train_tokenizer(vocab_size: int, corpus: list[str] | None = None) -> Tokenizer:
@@ -98,7 +103,7 @@ def tiny_config(spec: TinySpec, vocab_rows: int, eos_id: int, image_aspect_ratio
         num_hidden_layers=spec.text_layers,
         num_attention_heads=spec.text_heads,
         max_position_embeddings=spec.context_length,
-        initializer_range=spec.init_range,
+        initializer_range=spec.init_range or DEFAULT_INIT_RANGE,
         partial_rotary_factor=0.4,
         rope_theta=10000.0,
         resid_pdrop=0.0,
@@ -114,7 +119,7 @@ def tiny_config(spec: TinySpec, vocab_rows: int, eos_id: int, image_aspect_ratio
         image_size=spec.image_size,
         patch_size=spec.patch_size,
         projection_dim=spec.vision_hidden,
-        initializer_range=spec.init_range,
+        initializer_range=spec.init_range or DEFAULT_INIT_RANGE,
         hidden_act="quick_gelu",
     )
     return LlavaPhiConfig(text=text, vision=vision, image_aspect_ratio=image_aspect_ratio)
@@ -124,10 +129,12 @@ def build_tiny_model(config: LlavaPhiConfig, seed: int, spec: TinySpec = TinySpe
     torch.manual_seed(seed)
     model = LlavaPhiForCausalLM(config)
     with torch.no_grad():
-        for _name, p in model.named_parameters():
-            if p.dim() >= 2:  # wide random weights: a random model whose answers depend on its inputs
-                p.normal_(0.0, spec.init_range)
-        model.language_model.lm_head.bias.normal_(0.0, spec.lm_head_bias_std)  # non-zero: the bias must be kept
+        if spec.init_range is not None:
+            for _name, p in model.named_parameters():
+                if p.dim() >= 2:  # wide random weights: a random model whose answers depend on its inputs
+                    p.normal_(0.0, spec.init_range)
+        if spec.lm_head_bias_std:
+            model.language_model.lm_head.bias.normal_(0.0, spec.lm_head_bias_std)
     return model.eval()
 
 

@@ -105,6 +105,10 @@ class Tokenizer:
                 text = text.replace(old, new)
         return text
 
+    def token_text(self, token_id: int) -> str:
+        """One token as the vocabulary spells it (byte-level pieces included, e.g. 'Ġred'): for reports."""
+        return self._tok.id_to_token(token_id) or f"<{token_id}>"
+
     @property
     def pending_patterns(self) -> tuple[str, ...]:
         """Strings whose completion changes already-decoded text (streaming holds their prefixes back)."""
