@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv clean
+.PHONY: test lint demo venv clean
 
 venv: $(STAMP)
 
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# Ruff (lint + format) and the import layers (pyproject.toml [tool.importlinter]) before the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check --exclude '*.md' .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The shipped shapes-demo model (lphi_edge/assets/shapes_demo, trained by train/shapes_demo.sh)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from lphi_edge.export.manifest import Manifest
+from lphi_edge.format.manifest import Manifest
 
 
 class _Profiled:
@@ -41,7 +41,7 @@ class _Profiled:
         self.sess = ort.InferenceSession(part, options, providers=["CPUExecutionProvider"])
         past = [i for i in self.sess.get_inputs() if i.name.startswith("past_key_values.")]
         dtype = np.int8 if past[0].type == "tensor(int8)" else np.float32
-        shape = (1, self.spec["num_kv_heads"], 1024, self.spec["head_dim"])  # (1, H, capacity, Dh)
+        shape = (1, self.spec.num_kv_heads, 1024, self.spec.head_dim)  # (1, H, capacity, Dh)
         self.buffers = [np.zeros(shape, dtype) for _ in past]  # the OrtValues below wrap this memory
         self.binding = self.sess.io_binding()
         for i, b in zip(past, self.buffers):
@@ -89,7 +89,7 @@ def main() -> None:
     args = p.parse_args()
     decoders = [_Profiled(e, args.threads) for e in args.exports]
     rng = np.random.default_rng(0)
-    d = decoders[0].spec["hidden_size"]
+    d = decoders[0].spec.hidden_size
     prompt = (rng.standard_normal((1, args.positions, d)) * 0.5).astype(np.float32)  # (1, P, D)
     step = (rng.standard_normal((1, 1, d)) * 0.5).astype(np.float32)  # (1, 1, D)
     for dec in decoders:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lphi_edge.export.manifest import Manifest
+from lphi_edge.format.manifest import Manifest
 from lphi_edge.runtime.onnx_backend import OnnxBackend
 
 

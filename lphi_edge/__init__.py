@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lphi_edge._version import __version__
 from lphi_edge.errors import LphiError
 
-__version__ = "0.1.0"
 __all__ = ["Answer", "Assistant", "Chat", "GenerationConfig", "LphiError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -26,12 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lphi_edge.errors import CheckpointError, ConfigError
+from lphi_edge.errors import ConfigError
+from lphi_edge.format.manifest import Manifest, is_export_dir
+from lphi_edge.format.shipped import resolve_model_dir
 from lphi_edge.processing.image import ImageInput as FrameInput
 from lphi_edge.processing.image import ImageProcessor, ProcessorConfig
 from lphi_edge.processing.template import Template, get_template
 from lphi_edge.processing.tokenizer import Tokenizer
 from lphi_edge.runtime.backend import Backend
+from lphi_edge.runtime.device import check_threads, parse_device
 from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session, Timings, drain
 
 if TYPE_CHECKING:  # the runtime path never imports torch
@@ -66,30 +69,6 @@ class Answer:
         }
 
 
-# Models shipped inside the package, usable by name wherever a model path is accepted: the PyTorch
-# checkpoint, and its fp32 ONNX export (lphi-export) for backends that run exported engines.
-_ASSETS = Path(__file__).resolve().parent / "assets"
-SHIPPED_MODELS = {"shapes-demo": _ASSETS / "shapes_demo"}
-SHIPPED_EXPORTS = {"shapes-demo": _ASSETS / "shapes_demo_onnx"}
-
-
-def resolve_model_dir(model: str | os.PathLike, backend: str | None = None) -> Path:
-    """A checkpoint / export directory, or the name of a shipped model (`shapes-demo`; its ONNX export
-    when `backend` is onnxruntime)."""
-    if isinstance(model, str) and model in SHIPPED_MODELS:
-        path = SHIPPED_EXPORTS[model] if backend == "onnxruntime" else SHIPPED_MODELS[model]
-        if not (path / "config.json").is_file() and not (path / "manifest.json").is_file():
-            raise CheckpointError(f"the shipped model {model!r} is missing from this install ({path})")
-        return path
-    path = Path(model)
-    if path.is_dir():
-        return path
-    raise CheckpointError(
-        f"model not found: {str(model)!r} is not a directory; expected a LLaVA-Phi checkpoint directory "
-        f"(config.json + safetensors + tokenizer), an lphi-export directory, or one of {sorted(SHIPPED_MODELS)}"
-    )
-
-
 class Assistant:
     """A vision-language assistant over any backend, sharing one generation loop."""
 
@@ -109,7 +88,7 @@ class Assistant:
         self.eos_token_ids = frozenset(eos_token_ids or ()) | {tokenizer.eos_token_id}
         self.image_cache_size = image_cache_size
         self._features: OrderedDict[str, np.ndarray] = OrderedDict()  # frame digest → (N, D)
-        self._session = self._new_session()
+        self._session = self.new_session()
         self._lock = threading.RLock()
         self.last_answer: Answer | None = None  # of the last completed stream()
 
@@ -118,26 +97,34 @@ class Assistant:
         cls,
         model: str | os.PathLike,
         backend: str | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         dtype: str | None = None,
         cuda_graphs: bool | None = None,
+        threads: int | None = None,
         **kwargs: Any,
     ) -> Assistant:
         """Load a checkpoint directory (torch backend) or an export directory (its manifest's backend).
 
-        `dtype` (torch backend only): fp32 (default, as the original), fp16, bf16. `cuda_graphs` (torch
-        backend only): replay decode steps from a captured CUDA graph (default: on CUDA). Other keywords go to
-        the Assistant (image_cache_size) — and for exports `verify_checksums` / `provider` to the backend.
+        `device`: "cpu", "cuda" or "cuda:N" (GPU N); default cpu, and cuda for tensorrt (which refuses the
+        CPU and GPUs other than the process's first: select one with CUDA_VISIBLE_DEVICES). `threads`: CPU
+        threads in 1..os.cpu_count() (default: each library's own) — for the torch backend
+        torch.set_num_threads(N), which is process-wide (every torch model in this process then uses N); for
+        onnxruntime the intra-op pool of this backend's sessions; TensorRT has no CPU pool to set. `dtype`
+        (torch backend only): fp32 (default, as the original), fp16, bf16. `cuda_graphs` (torch backend
+        only): replay decode steps from a captured CUDA graph (default: on CUDA). Other keywords go to the
+        Assistant (image_cache_size) — and for exports `verify_checksums` / `provider` to the backend.
         """
         if backend is not None and backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
+        if device is not None:
+            parse_device(device)  # a typo fails before anything loads
+        check_threads(threads)
         path = resolve_model_dir(model, backend)
-        from lphi_edge.export.manifest import is_export_dir
 
         if is_export_dir(path):
             if cuda_graphs is not None:
                 raise ConfigError("cuda_graphs applies to the torch backend (a checkpoint), not to exports")
-            return cls._from_export(path, backend, device, dtype, **kwargs)
+            return cls._from_export(path, backend, device, dtype, threads=threads, **kwargs)
         if backend not in (None, "torch"):
             raise ConfigError(
                 f"{path} is a checkpoint: backend {backend!r} runs exported engines; export it first with "
@@ -146,7 +133,9 @@ class Assistant:
         from lphi_edge.runtime.torch_backend import TorchBackend
 
         tokenizer = Tokenizer.from_dir(path)  # before the weights: a broken tokenizer fails fast
-        be = TorchBackend.from_checkpoint(path, device=device, dtype=dtype or "fp32", cuda_graphs=cuda_graphs)
+        be = TorchBackend.from_checkpoint(
+            path, device=device or "cpu", dtype=dtype or "fp32", cuda_graphs=cuda_graphs, threads=threads
+        )
         return cls.from_torch_backend(be, path, tokenizer, **kwargs)
 
     @classmethod
@@ -164,13 +153,13 @@ class Assistant:
         cls,
         path: Path,
         backend: str | None,
-        device: str,
+        device: str | None,
         dtype: str | None,
         verify_checksums: bool = True,
         provider: str | None = None,
+        threads: int | None = None,
         **kwargs: Any,
     ) -> Assistant:
-        from lphi_edge.export.manifest import Manifest
 
         if dtype is not None:
             raise ConfigError(
@@ -187,11 +176,13 @@ class Assistant:
         if backend == "onnxruntime":
             from lphi_edge.runtime.onnx_backend import OnnxBackend
 
-            be: Backend = OnnxBackend(manifest, device=device, provider=provider)
+            be: Backend = OnnxBackend(manifest, device=device or "cpu", provider=provider, threads=threads)
         else:
             from lphi_edge.runtime.trt_backend import TrtBackend
 
-            be = TrtBackend.from_export_dir(path)
+            if threads is not None:
+                logger.info("threads=%d not applied: TensorRT engines run on the GPU (no CPU thread pool)", threads)
+            be = TrtBackend.from_export_dir(path, device=device or "cuda")
         proc = dict(manifest.processor)
         processor = ProcessorConfig.from_preprocessor_dict(proc, pad_to_square=bool(proc.get("pad_to_square")))
         return cls(
@@ -199,7 +190,7 @@ class Assistant:
             Tokenizer.from_dir(path),
             processor,
             get_template(manifest.template),
-            {manifest.text["eos_token_id"]},
+            {manifest.text.eos_token_id},
             **kwargs,
         )
 
@@ -227,6 +218,17 @@ class Assistant:
         """A multi-turn conversation about one image that keeps its own KV cache."""
         return Chat(self, image)
 
+    def prompt_inputs(self, image: FrameInput | None, prompt: str) -> tuple[list[int], list[ImageInput]]:
+        """What `ask` feeds the generation loop: the prompt's token ids (an image placeholder included) and the
+        frame's features from this backend's vision encoder — for tools that drive a `new_session()` step by
+        step (verification, calibration) through exactly the pipeline answers take."""
+        with self._lock:
+            return self._inputs([(prompt, None)], image, Timings())
+
+    def new_session(self) -> Session:
+        """A fresh KV cache over this assistant's backend and tokenizer (the generation loop's own state)."""
+        return Session(self.backend, self.tokenizer, self.eos_token_ids)
+
     def reset(self) -> None:
         """Forget the cached KV prefix and frame features (e.g. between benchmark runs)."""
         with self._lock:
@@ -234,9 +236,6 @@ class Assistant:
             self._features.clear()
 
     # ---- internals ------------------------------------------------------------------------------
-    def _new_session(self) -> Session:
-        return Session(self.backend, self.tokenizer, self.eos_token_ids)
-
     def _run(
         self, session: Session, turns: list[tuple[str, str | None]], image: FrameInput | None, config: GenerationConfig
     ) -> Generator[str, None, Answer]:
@@ -244,14 +243,18 @@ class Assistant:
         with self._lock:
             t0 = time.perf_counter()
             timings = Timings()
-            text = self.template.prompt(turns, image=image is not None)  # validates the prompt first
-            prompt_ids = self.tokenizer.encode_prompt(text)
-            images = [] if image is None else [self._image_features(image, timings)]
+            prompt_ids, images = self._inputs(turns, image, timings)
             result = yield from session.iter_generate(prompt_ids, images, config, timings, t0)
             be = self.backend
             return Answer(
                 result.text, result.token_ids, result.timings, result.finish_reason, be.name, be.precision, be.device
             )
+
+    def _inputs(
+        self, turns: list[tuple[str, str | None]], image: FrameInput | None, timings: Timings
+    ) -> tuple[list[int], list[ImageInput]]:
+        text = self.template.prompt(turns, image=image is not None)  # validates the prompt first
+        return self.tokenizer.encode_prompt(text), [] if image is None else [self._image_features(image, timings)]
 
     def _image_features(self, image: FrameInput, timings: Timings) -> ImageInput:
         t0 = time.perf_counter()
@@ -279,7 +282,7 @@ class Chat:
         self.assistant = assistant
         self.image = image
         self.turns: list[tuple[str, str]] = []
-        self._session = assistant._new_session()
+        self._session = assistant.new_session()
         self.last_answer: Answer | None = None
 
     def ask(self, prompt: str, **generation: Any) -> Answer:

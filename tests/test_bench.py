@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from lphi_edge.bench.costs import Arch
 from lphi_edge.bench.runner import BenchConfig
 from lphi_edge.errors import ConfigError
+from lphi_edge.model.config import LlavaPhiConfig
 
 EXE = Path(sys.executable).parent
 
@@ -37,9 +39,13 @@ def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     m = r["machine"]
+    vision_flops = Arch.from_config(LlavaPhiConfig.from_dir(tiny_ckpt)).vision_flops()
+    best_gflops = max(m["compute_gflops_fp32"], m["compute_gflops_bf16"])
     for key in ("cpu", "cores", "threads", "gpu", "memory", "memory_bandwidth_gbs", "libraries"):
         assert key in m, key
-    assert m["threads"] == 1 and m["memory_bandwidth_gbs"] > 0.1 and m["libraries"]["torch"].startswith("2.13.0")
+    assert (
+        m["threads"] == 1 and m["memory_bandwidth_gbs"] > 0.1 and m["libraries"]["torch"] == metadata.version("torch")
+    )
     # the copy rate is measured once up front and before and after each measured run of each of the 3
     # engines; the read rate up front and before each later round (1 warm-up + 3 runs); the strict floors
     # use the best
@@ -69,17 +75,63 @@ def test_bench_json_markdown_plot(tiny_ckpt, tiny_int8, tmp_path):
         assert res["decode_floor_beside_ms"] == pytest.approx(want, rel=0.01, abs=1e-3)  # JSON rounds to µs
         assert 0 < res["floor_fraction"]["decode_beside"]
         assert res["extrapolated_32_layers"] is None  # tiny widths: nothing to extrapolate to
-        assert res["vision_floor_ms"] > 0 and 0 < res["floor_fraction"]["decode"]
+        # the vision floor is the encoder's FLOPs at the run's best matmul rate (never rounded to 0 when fast)
+        assert res["vision_floor_ms"] == pytest.approx(vision_flops / best_gflops / 1e6, rel=0.01)
+        assert 0 < res["floor_fraction"]["decode"] and 0 < res["floor_fraction"]["vision"]
     assert r["baseline"]["backend"] == "transformers" and r["baseline"]["precision"] == "fp32"
+    assert r["baselines"] == [r["baseline"]]  # both engines compare with fp32 transformers on a CPU
+    # what each engine ran with, read back from torch / onnxruntime (--threads 1 reached both)
+    assert [x["threads"] for x in r["results"]] == [
+        {"torch": 1},
+        {"onnxruntime_intra_op": 1, "onnxruntime_inter_op": 1},
+    ]
+    assert r["baseline"]["threads"] == {"torch": 1}
     sp = r["speedup_vs_baseline"]
     assert set(sp) == {"torch/fp32", "onnxruntime/int8"}
+    assert {x["baseline"] for x in sp.values()} == {"transformers/fp32"}
     base, torch_res = r["baseline"]["stages_ms"], r["results"][0]["stages_ms"]
     assert sp["torch/fp32"]["decode_per_token"] == pytest.approx(
         base["decode_per_token"]["p50"] / torch_res["decode_per_token"]["p50"], rel=0.02
     )
     table = (tmp_path / "bench.md").read_text()
     assert "| torch/fp32 |" in table and "| transformers/fp32 |" in table and "GB/s" in table
+    assert "× vs transformers/fp32 |" in table  # every speed-up names the baseline's precision
+    assert "CPU threads: torch/fp32 torch 1; onnxruntime/int8 onnxruntime_intra_op 1" in table
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_baseline_per_precision(tiny_ckpt, tmp_path):
+    """Each torch dtype is compared with transformers' generate() in that dtype, and says so."""
+    out = tmp_path / "bench.json"
+    cmd = [str(EXE / "lphi-bench"), "--model", str(tiny_ckpt), "--torch-dtypes", "fp32,bf16", "--baseline", "hf"]
+    cmd += [
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--new-tokens",
+        "3",
+        "--json",
+        str(out),
+        "--markdown",
+        str(tmp_path / "b.md"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert [b["key"] for b in r["baselines"]] == ["transformers/fp32", "transformers/bf16"]
+    assert [b["precision"] for b in r["baselines"]] == ["fp32", "bf16"]
+    assert r["baseline"]["key"] == "transformers/fp32"  # the single-baseline field stays the fp32 one
+    sp = r["speedup_vs_baseline"]
+    assert {k: v["baseline"] for k, v in sp.items()} == {
+        "torch/fp32": "transformers/fp32",
+        "torch/bf16": "transformers/bf16",
+    }
+    bf16 = {b["key"]: b for b in r["baselines"]}["transformers/bf16"]["stages_ms"]["decode_per_token"]["p50"]
+    engine = {x["key"]: x for x in r["results"]}["torch/bf16"]["stages_ms"]["decode_per_token"]["p50"]
+    assert sp["torch/bf16"]["decode_per_token"] == pytest.approx(bf16 / engine, rel=0.02)
+    table = (tmp_path / "b.md").read_text()
+    assert "| transformers/bf16 |" in table and "× vs transformers/bf16 |" in table
 
 
 def test_cost_model_matches_hand_counts():

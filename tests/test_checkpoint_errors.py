@@ -62,7 +62,7 @@ def lphi_ask(capsys):
 
 
 def assert_one_line_error(proc, *fragments: str) -> None:
-    assert proc.returncode != 0
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)  # bad input, not an internal error (1)
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -150,7 +150,8 @@ def test_cli_bad_inputs(tiny_ckpt, tmp_path, lphi_ask):
     assert_one_line_error(lphi_ask(tmp_path / "absent"), "model not found")
     assert_one_line_error(lphi_ask(tiny_ckpt, "--max-new-tokens", "0"), "max_new_tokens")
     assert_one_line_error(lphi_ask(tiny_ckpt, "--temperature", "-1"), "temperature")
-    assert_one_line_error(lphi_ask(tiny_ckpt, "--device", "tpu"), "device must be 'cpu' or 'cuda'")
+    assert_one_line_error(lphi_ask(tiny_ckpt, "--device", "tpu"), "device must be 'cpu' or 'cuda'", "got 'tpu'")
+    assert_one_line_error(lphi_ask(tiny_ckpt, "--threads", "0"), "--threads must be an integer in 1..")
     if not torch.cuda.is_available():
         assert_one_line_error(lphi_ask(tiny_ckpt, "--device", "cuda"), "no CUDA GPU")
 

@@ -69,3 +69,24 @@ def test_cuda_graph_decode_answers_like_eager_decode(tiny_ckpt, dtype):
     a, b = eager.chat(shapes_frame(224, 224, seed=9)), graphs.chat(shapes_frame(224, 224, seed=9))
     for q in PROMPTS:  # multi-turn: crop to the shared prefix, extend, replay
         assert b.ask(q, max_new_tokens=12).token_ids == a.ask(q, max_new_tokens=12).token_ids
+
+
+def test_cuda_n_selects_the_gpu_and_out_of_range_is_refused(tiny_ckpt, cpu):
+    from lphi_edge.errors import ConfigError
+
+    gpu0 = Assistant.from_pretrained(tiny_ckpt, device="cuda:0", dtype="fp16")  # graphs captured on GPU 0
+    assert gpu0.backend.device == "cuda" and gpu0.backend.model.device == torch.device("cuda", 0)
+    img = shapes_frame(224, 224, seed=1)
+    assert len(gpu0.ask(img, PROMPTS[0], max_new_tokens=8).token_ids) > 0
+    count = torch.cuda.device_count()
+    with pytest.raises(ConfigError, match=f"torch sees {count} CUDA GPU"):
+        Assistant.from_pretrained(tiny_ckpt, device=f"cuda:{count}")
+
+
+def test_fp16_baseline_runs_transformers_in_fp16(tiny_ckpt):
+    from lphi_edge.bench.hf import HFBaseline
+
+    hf = HFBaseline(tiny_ckpt, "cuda:0", "fp16")
+    assert hf.model.dtype == torch.float16 and hf.precision == "fp16"
+    stages = hf.run(shapes_frame(224, 224, seed=2), PROMPTS[0], 4)
+    assert stages["decode_per_token"] > 0 and stages["vision"] > 0

@@ -17,8 +17,8 @@ from lphi_edge import Assistant
 from lphi_edge.data.shapes import sample_frames
 from lphi_edge.errors import CheckpointError, ConfigError
 from lphi_edge.export.exporter import ExportConfig, VerificationError, export_model
-from lphi_edge.export.manifest import MANIFEST, PARTS, Manifest, decoder_io_names, file_table
-from lphi_edge.export.verify import PROMPTS, cosine
+from lphi_edge.export.verify import PROMPTS, cosine, verify
+from lphi_edge.format.manifest import MANIFEST, PARTS, Manifest, decoder_io_names, file_table
 
 EXE = Path(sys.executable).parent
 
@@ -52,27 +52,28 @@ def test_fp32_export_answers_identically(exports, torch_assistant):
         )
 
 
-def test_fp16_export_identical_on_sample_set_and_close_logits(exports, torch_assistant):
+def test_fp16_export_answers_like_torch_up_to_near_ties(exports, torch_assistant):
+    """fp16 against fp32: close logits, and greedy answers equal except where fp16's measured error explains a
+    flip (which kernel fp16 runs on depends on the CPU, so exact tokens are not what is checked)."""
     ort = Assistant.from_pretrained(exports["fp16"])
-    report = Manifest.load(exports["fp16"]).data["verification"]
-    assert report["passed"] and report["identical_answers"] == report["pairs"] >= 8
+    report = Manifest.load(exports["fp16"]).verification
+    assert report["passed"] and report["pairs"] >= 8
+    assert all(d["verdict"] == "near-tie" for d in report["divergences"])
     assert min(c["cosine"] for c in report["parts"].values()) >= 0.999
     frame = sample_frames(1, seed=7)[0]
     px = torch_assistant.processor(frame)
     assert cosine(torch_assistant.backend.encode_images(px), ort.backend.encode_images(px)) >= 0.999
-    assert (
-        ort.ask(frame, PROMPTS[0], max_new_tokens=16).token_ids
-        == torch_assistant.ask(frame, PROMPTS[0], max_new_tokens=16).token_ids
-    )
+    held_out = verify(torch_assistant, ort, "fp16", pairs=4, seed=7)  # frames the export never saw
+    assert held_out.passed, held_out.failures
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_quantized_exports_run_and_report(exports, precision):
     m = Manifest.load(exports[precision])
-    report = m.data["verification"]
+    report = m.verification
     assert m.precision == precision and report["precision"] == precision
     assert 0.0 <= report["token_match_rate"] <= 1.0 and report["pairs"] >= 8
-    assert m.part("decoder_model_merged")["precision"] == precision
+    assert m.part("decoder_model_merged").precision == precision
     graph = onnx.load(str(m.part_file("decoder_model_merged")), load_external_data=False).graph
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= 4 * 2 + 1  # q,k,v,dense,fc1,fc2 per layer + lm_head
     assert (
@@ -83,12 +84,12 @@ def test_quantized_exports_run_and_report(exports, precision):
         )
         > 0
     )
-    if precision == "int8":
-        assert report["token_match_rate"] >= 0.5  # int8 stays close; int4 is only reported
+    if precision == "int8":  # int8 weights stay close to the model (their tokens are reported, not gated)
+        assert report["parts"]["decode_logits"]["cosine"] >= 0.999
 
 
 def test_quantized_decoder_is_smaller(exports):
-    size = {p: Manifest.load(d).data["files"]["decoder_model_merged.onnx.data"]["bytes"] for p, d in exports.items()}
+    size = {p: Manifest.load(d).files["decoder_model_merged.onnx.data"].bytes for p, d in exports.items()}
     assert size["int4"] < size["int8"] < size["fp16"] < size["fp32"]
 
 
@@ -112,18 +113,19 @@ def test_attention_keys_are_transposed_in_place_of_the_exporters_3d_detour(expor
 
 def test_manifest_is_self_describing(exports, tiny_ckpt):
     m = Manifest.load(exports["fp32"])
-    d = m.data
-    assert d["format"] == "lphi-edge-export" and d["format_version"] == 1
+    d = json.loads((exports["fp32"] / MANIFEST).read_text())
+    assert d["format"] == "lphi-edge-export" and d["format_version"] == 1 and Manifest.from_json(m.path, d) == m
+    assert m.to_json() == d  # what is read is what was written
     names = sorted(p.name for p in exports["fp32"].iterdir() if p.name != MANIFEST)
-    assert sorted(d["files"]) == names and d["files"] == file_table(exports["fp32"])
+    assert sorted(d["files"]) == names and m.files == file_table(exports["fp32"])
     for part in PARTS:
         assert (exports["fp32"] / f"{part}.onnx").is_file() and (exports["fp32"] / f"{part}.onnx.data").is_file()
     ins, outs = decoder_io_names(2)
     dec = m.part("decoder_model_merged")
-    assert [t["name"] for t in dec["inputs"]] == ins and [t["name"] for t in dec["outputs"]] == outs
-    assert dec["inputs"][0]["shape"] == ["batch", "sequence", 80]
-    assert [t["name"] for t in m.part("vision_encoder")["inputs"]] == ["pixel_values"]
-    assert [t["name"] for t in m.part("embed_tokens")["outputs"]] == ["inputs_embeds"]
+    assert [t.name for t in dec.inputs] == ins and [t.name for t in dec.outputs] == outs
+    assert dec.inputs[0].shape == ("batch", "sequence", 80)
+    assert [t.name for t in m.part("vision_encoder").inputs] == ["pixel_values"]
+    assert [t.name for t in m.part("embed_tokens").outputs] == ["inputs_embeds"]
     assert d["text_config"]["num_layers"] == 2 and d["text_config"]["image_tokens"] == 16
     assert d["processor"]["pad_to_square"] is True and d["template"] == "phi_v0"
     assert len(d["source"]["sha256"]) == 64 and {"torch", "onnxruntime", "onnx", "opset"} <= set(d["tools"])
@@ -162,6 +164,24 @@ def test_missing_file_and_unknown_version_are_refused(exports, tmp_path):
         Assistant.from_pretrained(d)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["text_config"].update(num_layers="2"), r"field 'text_config.num_layers' must be int, got '2'"),
+        (lambda d: d["text_config"].pop("head_dim"), r"missing field 'text_config.head_dim'"),
+        (lambda d: d["parts"]["embed_tokens"].update(precision="fp8"), r"parts.embed_tokens precision 'fp8' unknown"),
+        (lambda d: d["parts"]["vision_encoder"]["inputs"][0].pop("dtype"), r"'parts.vision_encoder.inputs\[0\].dtype'"),
+        (lambda d: d["files"]["tokenizer.json"].update(bytes=-1.5), r"field 'files.tokenizer.json.bytes' must be int"),
+        (lambda d: d.update(template=None), r"field 'template' must be str, got None"),
+    ],
+)
+def test_manifest_fields_are_validated_by_name(exports, edit, message):
+    data = json.loads((exports["fp32"] / MANIFEST).read_text())
+    edit(data)
+    with pytest.raises(CheckpointError, match=message):
+        Manifest.from_json(exports["fp32"], data)
+
+
 def test_renamed_graph_input_is_refused_naming_the_tensor(exports, tmp_path):
     d = _copy(exports["fp32"], tmp_path / "renamed")
     path = d / "decoder_model_merged.onnx"
@@ -171,9 +191,8 @@ def test_renamed_graph_input_is_refused_naming_the_tensor(exports, tmp_path):
     for node in model.graph.node:
         node.input[:] = ["past.0.k" if i == old else i for i in node.input]
     onnx.save(model, str(path))
-    data = json.loads((d / MANIFEST).read_text())
-    data["files"] = file_table(d)  # checksums made consistent: only the names are wrong
-    (d / MANIFEST).write_text(json.dumps(data))
+    manifest = Manifest.from_json(d, json.loads((d / MANIFEST).read_text()))
+    manifest.with_files().write()  # checksums made consistent: only the names are wrong
     with pytest.raises(CheckpointError, match=r"decoder_model_merged.onnx.*missing \['past_key_values.0.key'\]"):
         Assistant.from_pretrained(d)
 

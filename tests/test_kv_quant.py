@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ from lphi_edge.data.shapes import sample_frames
 from lphi_edge.errors import CheckpointError, ConfigError
 from lphi_edge.export.exporter import ExportConfig, export_model
 from lphi_edge.export.kv_quant import KVCalibrationConfig, check_graph_scales, quantize_kv_cache
-from lphi_edge.export.manifest import Manifest, file_table
 from lphi_edge.export.rewrites import AttentionPatternError
 from lphi_edge.export.verify import KV_COSINE_MIN, PROMPTS, Comparison, VerificationReport, _judge, verify
+from lphi_edge.format.manifest import Manifest, file_table
 from lphi_edge.model.tiny import TinySpec, write_tiny_checkpoint
 from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session
 from lphi_edge.runtime.onnx_backend import OnnxBackend, SharedKVCache
@@ -71,9 +72,9 @@ def test_the_decoder_keeps_an_int8_cache_with_the_exports_scales(exports):
     for name in ("kv8", "int4-kv8", "fp16-kv8"):
         m = Manifest.load(exports[name])
         meta = m.kv_quant
-        assert meta["dtype"] == "int8" and meta["scales"] == "kv_cache_scales.npy"
-        assert meta["scales"] in m.data["files"]  # checksummed like every other file
-        scales = np.load(exports[name] / meta["scales"])
+        assert meta.dtype == "int8" and meta.scales == "kv_cache_scales.npy"
+        assert meta.scales in m.files  # checksummed like every other file
+        scales = np.load(exports[name] / meta.scales)
         assert scales.shape == (4, 1, 80) and scales.dtype == np.float32 and (scales > 0).all()  # 2 layers × k, v
         model = _decoder(exports[name])
         inits = {
@@ -92,23 +93,23 @@ def test_the_decoder_keeps_an_int8_cache_with_the_exports_scales(exports):
         for value in [*model.graph.input, *model.graph.output]:
             if value.name.startswith(("past_key_values.", "present.")):
                 assert value.type.tensor_type.elem_type == onnx.TensorProto.INT8
-        past = [t for t in m.part("decoder_model_merged")["inputs"] if t["name"].startswith("past_")]
-        assert {t["dtype"] for t in past} == {"int8"}
-        assert m.data["format_version"] == 2  # lphi-edge versions that cannot read an int8 cache refuse it
-        report = m.data["verification"]
+        past = [t for t in m.part("decoder_model_merged").inputs if t.name.startswith("past_")]
+        assert {t.dtype for t in past} == {"int8"}
+        assert m.format_version == 2  # lphi-edge versions that cannot read an int8 cache refuse it
+        report = m.verification
         assert report["passed"] and report["kv_quant"] == "int8"
         assert report["thresholds"]["kv_cosine_min"] == KV_COSINE_MIN
         assert report["parts"]["kv_int8_round_trip"]["cosine"] >= KV_COSINE_MIN  # the cache's own rounding
         assert 0 <= report["kv_clipped_fraction"] < 1e-3  # held-out frames: (almost) nothing saturates
-    assert Manifest.load(exports["kv8"]).data["verification"]["parts"]["prefill_kv"]["cosine"] >= KV_COSINE_MIN
-    calibration = Manifest.load(exports["kv8"]).kv_quant["calibration"]
+    assert Manifest.load(exports["kv8"]).verification["parts"]["prefill_kv"]["cosine"] >= KV_COSINE_MIN
+    calibration = Manifest.load(exports["kv8"]).kv_quant.calibration
     assert calibration["frames"] == 8 and calibration["source"].startswith("synthetic")
-    image_tokens = Manifest.load(exports["kv8"]).text["image_tokens"]
+    image_tokens = Manifest.load(exports["kv8"]).text.image_tokens
     assert calibration["headroom"] == HEADROOM and calibration["positions"] > 8 * image_tokens  # + prompt + answer
-    calibration = Manifest.load(exports["int4-kv8"]).kv_quant["calibration"]
+    calibration = Manifest.load(exports["int4-kv8"]).kv_quant.calibration
     assert calibration["frames"] == 3 and calibration["source"].endswith("frames0")  # the first 3 of the 4 images
     plain = Manifest.load(exports["shared"])
-    assert plain.kv_quant is None and plain.data["format_version"] == 1
+    assert plain.kv_quant is None and plain.format_version == 1
     assert Assistant.from_pretrained(exports["fp16-kv8"]).ask(sample_frames(1)[0], PROMPTS[0]).text  # f16 compute
 
 
@@ -177,14 +178,16 @@ def test_scales_cover_what_the_calibration_frames_reach(exports, ckpt):
 
 
 def test_int8_cache_answers_like_the_model(exports, ckpt):
+    """On frames neither calibration nor verification saw, the int8 cache's answers are the model's except
+    at near-ties: where one parts, the model's margin there is within what the cache's measured logit error
+    explains (the int8 kernels differ between CPUs, so exact tokens are not what is checked)."""
     torch_a, kv8, int4 = (Assistant.from_pretrained(p) for p in (ckpt, exports["kv8"], exports["int4-kv8"]))
-    same = []
-    for k, frame in enumerate(sample_frames(6, seed=31)):  # frames neither calibration nor verification saw
-        prompt = PROMPTS[k % len(PROMPTS)]
-        want = torch_a.ask(frame, prompt, max_new_tokens=12).token_ids
-        same.append(kv8.ask(frame, prompt, max_new_tokens=12).token_ids == want)
-        assert int4.ask(frame, prompt, max_new_tokens=12).text  # runs end to end
-    assert sum(same) >= 5, same
+    report = verify(torch_a, kv8, "fp32", pairs=6, new_tokens=12, seed=31, kv_quant="int8")
+    assert report.passed, report.failures
+    assert all(d.verdict == "near-tie" for d in report.divergences), [d.describe() for d in report.divergences]
+    assert report.parts["decode_logits"].cosine >= 0.999
+    for k, frame in enumerate(sample_frames(2, seed=31)):
+        assert int4.ask(frame, PROMPTS[k], max_new_tokens=12).text  # runs end to end
 
 
 def test_the_int8_cache_grows_in_place(exports, monkeypatch):
@@ -201,7 +204,7 @@ def test_the_int8_cache_grows_in_place(exports, monkeypatch):
         mask, pos = np.ones((1, p + s), np.int64), np.arange(p, p + s)[None]
         ptrs, capacity = [v.data_ptr() for v in growing.values], growing.capacity
         (a, _), (b, _) = (be.decode(embeds, mask, pos, c) for c in (growing, roomy))
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the kernel may split a longer buffer differently
         assert ([v.data_ptr() for v in growing.values] != ptrs) == (p + s > capacity)  # moved only to grow
         for x, y in zip(growing.buffers, roomy.buffers):
             assert x.dtype == np.int8 and np.array_equal(x[:, :, : p + s], y[:, :, : p + s])
@@ -241,10 +244,10 @@ def test_int8_cache_options_are_refused_by_name(exports, tmp_path, ckpt):
     )
     assert proc.returncode == 2 and "they need --kv-quant int8" in proc.stderr and not (tmp_path / "x").exists()
 
-    def manifest_with(**kv_quant) -> Manifest:
-        m = Manifest.load(exports["kv8"])
-        m.data["parts"]["decoder_model_merged"]["kv_quant"].update(kv_quant)
-        return m
+    def manifest_with(**kv_quant) -> Manifest:  # validated as Manifest.load validates
+        data = Manifest.load(exports["kv8"]).to_json()
+        data["parts"]["decoder_model_merged"]["kv_quant"].update(kv_quant)
+        return Manifest.from_json(exports["kv8"], data)
 
     with pytest.raises(CheckpointError, match="decoder kv_quant 'fp8' unknown.*upgrade lphi-edge or re-export"):
         OnnxBackend(manifest_with(dtype="fp8"))
@@ -259,9 +262,7 @@ def test_int8_cache_options_are_refused_by_name(exports, tmp_path, ckpt):
 
     def with_scales(scales: np.ndarray) -> Manifest:  # a scales file written with a consistent file table
         np.save(bad / "kv_cache_scales.npy", scales)
-        m = Manifest.load(exports["kv8"], verify_checksums=False)
-        m.path, m.data["files"] = bad, file_table(bad)
-        return m
+        return replace(Manifest.load(exports["kv8"], verify_checksums=False), path=bad, files=file_table(bad))
 
     with pytest.raises(CheckpointError, match=r"scales float64 \(4, 1, 80\).*expected float32 \(4, 1, 80\)"):
         OnnxBackend(with_scales(np.ones((4, 1, 80))))
@@ -269,10 +270,10 @@ def test_int8_cache_options_are_refused_by_name(exports, tmp_path, ckpt):
         OnnxBackend(with_scales(np.ones((2, 1, 80), np.float32)))
     with pytest.raises(CheckpointError, match="must be finite and > 0"):
         OnnxBackend(with_scales(np.zeros((4, 1, 80), np.float32)))
-    concat = Manifest.load(exports["kv8"])
-    concat.data["parts"]["decoder_model_merged"]["kv_cache"] = "concat"
+    concat = Manifest.load(exports["kv8"]).to_json()
+    concat["parts"]["decoder_model_merged"]["kv_cache"] = "concat"
     with pytest.raises(CheckpointError, match="needs kv_cache 'shared', not 'concat'"):
-        OnnxBackend(concat)
+        Manifest.from_json(exports["kv8"], concat)
 
 
 def test_the_verification_gate_fails_a_coarse_int8_cache():

@@ -261,8 +261,25 @@ def test_parameters_are_validated_and_take_effect(node):
     assert not results[0].successful and "must be one of" in results[0].reason
     results = h.set_parameters(model="/no/such/model")
     assert not results[0].successful and "model not found" in results[0].reason
+    cores = os.cpu_count() or 1
+    for bad in (-1, cores + 1):
+        results = h.set_parameters(threads=bad)
+        assert (
+            not results[0].successful
+            and f"threads={bad} must be 0 (the libraries' defaults) or an integer in 1..{cores}" in results[0].reason
+        )
+    for bad in ("gpu", "cuda:x"):
+        results = h.set_parameters(device=bad)
+        assert not results[0].successful and f"device={bad!r} must be cpu | cuda | cuda:N" in results[0].reason
     frame = scenes(1, seed=3)[0][0]
     h.show(frame)
+    # threads reach the engine: the model reloads with them, and each answer's diagnostics say what it ran with
+    h.ask("How many shapes are there?")
+    assert h.diags[-1]["engine_threads"] == "onnxruntime_intra_op=0, onnxruntime_inter_op=0"  # the defaults
+    assert h.set_parameters(threads=1)[0].successful
+    h.spin_until(lambda: False, 1.0)  # the worker reloads between answers (within its 0.2 s poll)
+    h.ask("How many shapes are there?")
+    assert h.diags[-1]["engine_threads"] == "onnxruntime_intra_op=1, onnxruntime_inter_op=1"
     assert h.set_parameters(max_new_tokens=1)[0].successful
     long = h.ask("Describe the image briefly.")
     assert h.diags[-1]["new_tokens"] == "1", long
@@ -363,7 +380,8 @@ def test_frame_flood_every_prompt_answered_memory_bounded(large_data):
             h.executor.spin_once(timeout_sec=0.001)
         rate = sent / (time.time() - start)
         assert h.spin_until(lambda: len(h.answers) - n0 >= asked, 60), f"{len(h.answers) - n0} of {asked} answered"
-        assert rate >= 29, f"published only {rate:.1f} Hz"
+        # the harness paces 30 Hz; a loaded 2-core machine may lag a little, but a flood it must be
+        assert rate >= 20, f"the harness published only {rate:.1f} Hz: no flood was tested"
         answers = h.answers[n0:]
         assert all(a in ("1", "2", "3") for a in answers), answers[:10]
         d = h.diags[-1]
@@ -394,6 +412,15 @@ def test_params_file_and_bad_startup(ros):
         env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
     )
     assert bad.returncode == 2 and "queue_size=0 must be an integer in 1..1000" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = subprocess.run(
+        [str(EXE / "lphi-vqa-node"), "--ros-args", "-p", "device:=gpu"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+    )
+    assert bad.returncode == 2 and "device='gpu' must be cpu | cuda | cuda:N" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 

@@ -17,8 +17,8 @@ from lphi_edge import Assistant
 from lphi_edge.data.shapes import sample_frames
 from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError
 from lphi_edge.export.exporter import ExportConfig, export_model
-from lphi_edge.export.manifest import Manifest
 from lphi_edge.export.verify import PROMPTS
+from lphi_edge.format.manifest import Manifest
 from lphi_edge.model.tiny import TinySpec, write_tiny_checkpoint
 from lphi_edge.runtime.onnx_backend import OnnxBackend, OrtCache, SharedKVCache
 
@@ -61,8 +61,8 @@ def _decoder_graph(export: Path) -> onnx.GraphProto:
 def test_shared_export_replaces_every_attention_and_says_so(exports):
     for name in ("shared", "fp16", "int4", "rotary"):
         m = Manifest.load(exports[name])
-        assert m.part("decoder_model_merged")["kv_cache"] == "shared"
-        assert m.data["export_config"]["kv_cache"] == "shared"
+        assert m.part("decoder_model_merged").kv_cache == "shared"
+        assert m.export_config["kv_cache"] == "shared"
         graph = _decoder_graph(exports[name])
         gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
         assert len(gqa) == 2 and all(n.domain == "com.microsoft" for n in gqa)  # one per decoder layer
@@ -70,11 +70,11 @@ def test_shared_export_replaces_every_attention_and_says_so(exports):
         assert not [n for n in graph.node if n.op_type == "Concat" and set(n.input) & past]  # no whole-cache copy
         assert not [n for n in graph.node if n.op_type == "Softmax"]  # the old attention is gone
         assert [o.name for o in graph.output] == [o.name for o in _decoder_graph(exports["concat"]).output]
-    assert Manifest.load(exports["concat"]).part("decoder_model_merged")["kv_cache"] == "concat"
-    future = Manifest.load(exports["shared"])
-    future.data["parts"]["decoder_model_merged"]["kv_cache"] = "ring"  # a value this version does not know
+    assert Manifest.load(exports["concat"]).part("decoder_model_merged").kv_cache == "concat"
+    future = Manifest.load(exports["shared"]).to_json()
+    future["parts"]["decoder_model_merged"]["kv_cache"] = "ring"  # a value this version does not know
     with pytest.raises(CheckpointError, match="decoder kv_cache 'ring' unknown.*upgrade lphi-edge or re-export"):
-        OnnxBackend(future)
+        Manifest.from_json(exports["shared"], future)
     # head_dim 80: the op rotates q and k itself (rotary tables as its 8th/9th inputs), the graph's own rotary
     # subgraph (Cos/Sin of the positions) is gone; head_dim 40 (not a multiple of 16): the graph rotates
     for name, rotates in (("rotary", 1), ("shared", 0)):
@@ -84,8 +84,11 @@ def test_shared_export_replaces_every_attention_and_says_so(exports):
         assert all(len(n.input) == (9 if rotates else 7) for n in gqa)
         assert bool([n for n in graph.node if n.op_type == "Cos"]) != bool(rotates)
     for name, tol in (("shared", 1e-4), ("rotary", 1e-4), ("fp16", 0.05)):  # the export gate ran on each
-        report = Manifest.load(exports[name]).data["verification"]
-        assert report["passed"] and report["identical_answers"] == report["pairs"] >= 8
+        report = Manifest.load(exports[name]).verification
+        assert report["passed"] and report["pairs"] >= 8
+        assert all(d["verdict"] == "near-tie" for d in report["divergences"])  # fp16 may flip a near-tie
+        if name != "fp16":
+            assert report["identical_answers"] == report["pairs"]
         assert report["parts"]["decode_logits"]["max_abs_diff"] < tol
 
 

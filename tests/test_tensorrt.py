@@ -17,7 +17,7 @@ trt = pytest.importorskip("tensorrt")
 
 
 def _gpu_count() -> int:
-    from lphi_edge.export.tensorrt import import_cudart
+    from lphi_edge.runtime.cuda_trt import import_cudart
 
     try:
         cudart = import_cudart()
@@ -31,15 +31,10 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_gpu_count() == 0, reason="ne
 
 from lphi_edge import Assistant  # noqa: E402 - after the skips: nothing below runs without TensorRT
 from lphi_edge.errors import CheckpointError, ConfigError  # noqa: E402
-from lphi_edge.export.manifest import Manifest  # noqa: E402
-from lphi_edge.export.tensorrt import (  # noqa: E402
-    BUILD_JSON,
-    TrtBuildConfig,
-    build_engines,
-    engine_dir_name,
-    gpu_info,
-    source_hashes,
-)
+from lphi_edge.export.tensorrt import TrtBuildConfig, build_engines  # noqa: E402
+from lphi_edge.format.engines import BUILD_JSON, engine_dir_name, source_hashes  # noqa: E402
+from lphi_edge.format.manifest import Manifest  # noqa: E402
+from lphi_edge.runtime.cuda_trt import gpu_info  # noqa: E402
 from lphi_edge.runtime.trt_backend import TrtBackend, TrtCache, find_engine_dir  # noqa: E402
 
 from conftest import shapes_frame  # noqa: E402
@@ -94,7 +89,7 @@ def test_build_writes_three_engines_and_build_json(export_dir, fp32_engines):
     manifest = Manifest.load(export_dir)
     assert (info["precision"], info["tensorrt"], info["gpu"], info["sm"]) == ("fp32", trt.__version__, gpu, list(sm))
     assert info["sources"] == source_hashes(manifest) and info["build_seconds"] > 0
-    ctx = manifest.text["context_length"]
+    ctx = manifest.text.context_length
     past = info["profiles"]["decoder_model_merged"]["past_key_values.0.key"]
     assert (past["min"][2], past["max"][2]) == (0, ctx - 1)
     assert info["profiles"]["decoder_model_merged"]["attention_mask"]["max"][1] == ctx

@@ -5,21 +5,22 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import replace
 
 import pytest
 
 from lphi_edge.errors import CheckpointError, ConfigError, LphiError
-from lphi_edge.export.manifest import Manifest
 from lphi_edge.export.tensorrt import (
-    BUILD_JSON,
     TrtBuildConfig,
     _check_part,
+    _PartGraph,
     _profile_shapes,
+    _set_precision_flags,
     build_engines,
-    engine_dir_name,
-    require_tensorrt,
-    source_hashes,
 )
+from lphi_edge.format.engines import BUILD_JSON, engine_dir_name, source_hashes
+from lphi_edge.format.manifest import FileEntry, Manifest, Part, TensorSpec, TextConfig
+from lphi_edge.runtime.cuda_trt import require_tensorrt
 from lphi_edge.runtime.trt_backend import find_engine_dir
 
 H100 = ("NVIDIA H100 80GB HBM3", (9, 0))
@@ -121,33 +122,16 @@ def test_find_engine_dir_lists_what_exists(tmp_path):
 
 # ---- profiles and precision checks (pure logic over a manifest) ------------------------------------------------------
 def _manifest(tmp_path, precision="fp32", dtype="float32"):
-    parts = {
-        "vision_encoder": {
-            "file": "vision_encoder.onnx",
-            "precision": precision,
-            "inputs": [{"name": "pixel_values", "dtype": dtype, "shape": ["batch", 3, 112, 112]}],
-        },
-        "embed_tokens": {
-            "file": "embed_tokens.onnx",
-            "precision": precision,
-            "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]}],
-        },
-        "decoder_model_merged": {
-            "file": "decoder_model_merged.onnx",
-            "precision": precision,
-            "inputs": [{"name": "inputs_embeds", "dtype": dtype, "shape": ["batch", "seq", 64]}],
-        },
+    inputs = {
+        "vision_encoder": TensorSpec("pixel_values", dtype, ("batch", 3, 112, 112)),
+        "embed_tokens": TensorSpec("input_ids", "int64", ("batch", "seq")),
+        "decoder_model_merged": TensorSpec("inputs_embeds", dtype, ("batch", "seq", 64)),
     }
-    files = {f"{p}.onnx{ext}": {"sha256": f"{p}{ext}", "bytes": 1} for p in parts for ext in ("", ".data")}
-    files["tokenizer.json"] = {"sha256": "tok", "bytes": 1}
-    data = {
-        "parts": parts,
-        "files": files,
-        "processor": {"crop_height": 112, "crop_width": 96},
-        "text_config": {"context_length": 2048},
-        "precision": precision,
-    }
-    return Manifest(tmp_path, data)
+    parts = {p: Part(f"{p}.onnx", precision, (t,), ()) for p, t in inputs.items()}
+    files = {f"{p}.onnx{ext}": FileEntry(f"{p}{ext}", 1) for p in parts for ext in ("", ".data")}
+    files["tokenizer.json"] = FileEntry("tok", 1)
+    text = TextConfig(64, 100, 2048, 16, 2, 4, 4, 16, 0)
+    return Manifest(tmp_path, precision, parts, text, {"crop_height": 112, "crop_width": 96}, "phi_v0", files)
 
 
 def test_profiles_cover_the_declared_ranges(tmp_path):
@@ -187,6 +171,7 @@ class _Trt10:
     class BuilderFlag:
         FP16 = 0
         INT8 = 1
+        TF32 = 2
 
 
 class _Trt11:
@@ -225,7 +210,7 @@ def test_shared_kv_decoder_is_refused_with_the_export_hint(tmp_path):
     with pytest.raises(ConfigError, match=r"GroupQueryAttention.*export with --kv-cache concat for --trt"):
         _check_part(m, "decoder_model_merged", TrtBuildConfig().resolve(2048), _Trt10)
     _write_onnx(tmp_path / "decoder_model_merged.onnx", "Relu")  # the manifest alone says so too
-    m.data["parts"]["decoder_model_merged"]["kv_cache"] = "shared"
+    m = replace(m, parts={**m.parts, "decoder_model_merged": replace(m.decoder, kv_cache="shared")})
     with pytest.raises(ConfigError, match=r"--kv-cache concat"):
         _check_part(m, "decoder_model_merged", TrtBuildConfig().resolve(2048), _Trt10)
 
@@ -246,3 +231,27 @@ def test_fp16_on_strongly_typed_tensorrt_needs_an_fp16_export(tmp_path):
     with pytest.raises(ConfigError, match=r"precision='fp16'.*export with --fp16 for --trt"):
         _check_part(_manifest(tmp_path), "vision_encoder", cfg, _Trt11)
     assert _check_part(_manifest(tmp_path, "fp16", "float16"), "vision_encoder", cfg, _Trt11).fp16_graph
+
+
+class _BuildConfig:
+    """Records the builder flags set on it, starting from TensorRT's defaults (TF32 on)."""
+
+    def __init__(self):
+        self.flags = {_Trt10.BuilderFlag.TF32}
+
+    def set_flag(self, flag):
+        self.flags.add(flag)
+
+    def clear_flag(self, flag):
+        self.flags.discard(flag)
+
+
+@pytest.mark.parametrize(
+    ("precision", "qdq", "flags"),
+    [("fp32", False, set()), ("fp16", False, {"FP16", "TF32"}), ("int8", True, {"FP16", "INT8", "TF32"})],
+)
+def test_precision_flags_fp32_engines_compute_in_fp32(precision, qdq, flags):
+    config = _BuildConfig()
+    _set_precision_flags(_Trt10, config, precision, _PartGraph(has_qdq=qdq, fp16_graph=False))
+    names = {k for k, v in vars(_Trt10.BuilderFlag).items() if not k.startswith("_") and v in config.flags}
+    assert names == flags

@@ -5,7 +5,6 @@ file fails, naming the parts and each divergence."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import pytest
 
 from lphi_edge import Assistant
 from lphi_edge.export.exporter import ExportConfig, export_model
-from lphi_edge.export.manifest import Manifest, file_table
 from lphi_edge.export.verify import LOGIT_PARTS, OTHER_INPUTS, verify
+from lphi_edge.format.manifest import Manifest
 from lphi_edge.model.tiny import TinySpec, write_tiny_checkpoint
 
 SEEDS = (1, 2, 3)
@@ -36,7 +35,7 @@ def default_init(tmp_path_factory) -> dict[int, tuple[Path, Path]]:
 
 def test_fp16_exports_of_default_init_checkpoints_publish(default_init):
     for seed, (_, export) in default_init.items():
-        report = Manifest.load(export).data["verification"]
+        report = Manifest.load(export).verification
         assert report["passed"], (seed, report["failures"])
         errors = [report["parts"][p]["max_abs_diff"] for p in LOGIT_PARTS]
         assert 0 < max(errors) and report["logit_error_bound"] == pytest.approx(2 * OTHER_INPUTS * max(errors))
@@ -61,9 +60,7 @@ def _scale_decoder_weight(export: Path, out: Path, factor: float) -> str:
         w = np.frombuffer(f.read(length), np.float16)  # (H·H,) fp16 weights
         f.seek(offset)
         f.write((w * np.float16(factor)).astype(np.float16).tobytes())
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["files"] = file_table(out)
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    Manifest.load(out, verify_checksums=False).with_files().write()
     return init.name
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from lphi_edge.runtime.device import parse_device
+
 
 def cpu_model() -> str:
     try:
@@ -30,7 +32,12 @@ def _version(name: str) -> str | None:
         return None
 
 
-def machine_info(threads: int) -> dict[str, Any]:
+def _cuda(device: str) -> bool:
+    return parse_device(device).is_cuda
+
+
+def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """The machine as a benchmark records it; `gpu` names the GPU of `device` (the first one on the CPU)."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -44,7 +51,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         import torch
 
         if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu"] = torch.cuda.get_device_name(parse_device(device).index)
     except ImportError:
         pass
     return info
@@ -52,7 +59,7 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def _floats(mb: int, device: str) -> int:
     """Elements of a float32 test buffer: `mb` on the CPU, 4× on a GPU (its caches are tens of MB)."""
-    return mb * 2**20 // 4 * (4 if device == "cuda" else 1)
+    return mb * 2**20 // 4 * (4 if _cuda(device) else 1)
 
 
 def _best(fn, repeats: int, device: str) -> float:
@@ -63,7 +70,7 @@ def _best(fn, repeats: int, device: str) -> float:
 
 def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5, device: str = "cpu") -> float:
     """Best copy rate over `repeats` (bytes read + bytes written, GB/s), multi-threaded through torch when
-    present (as the engines read weights), numpy otherwise. On "cuda": a device-to-device copy."""
+    present (as the engines read weights), numpy otherwise. On "cuda" / "cuda:N": a device-to-device copy."""
     n = _floats(mb, device)
     try:
         import torch
@@ -96,7 +103,7 @@ def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32", devi
     try:
         import torch
 
-        if device == "cuda":
+        if _cuda(device):
             size *= 4
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
         a, b = torch.randn(size, size, dtype=dt, device=device), torch.randn(size, size, dtype=dt, device=device)
@@ -109,10 +116,10 @@ def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32", devi
 
 def sync(device: str) -> None:
     """Wait for the GPU's queued work (wall-clock timing of CUDA code needs it); nothing on the CPU."""
-    if device == "cuda":
+    if _cuda(device):
         import torch
 
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _timed(fn, device: str = "cpu") -> float:

@@ -1,4 +1,8 @@
-"""The benchmark's Markdown table and PNG (stacked stage bars per result)."""
+"""The benchmark's Markdown table and PNG (stacked stage bars per result).
+
+Every speed-up cell names the baseline it divides (e.g. "vs transformers/fp16"), and the row names the engine's
+own precision, so a speed-up always states both precisions.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ STACK = ("preprocess", "vision", "prefill", "decode")
 
 COLUMNS = (
     "result", "preprocess", "vision", "prefill", "TTFT", "decode/token", "tokens/s", "end to end",
-    "decode floor: copy / read", "decode ÷ floor: copy rate beside / best", "× baseline (decode / TTFT / vision)",
+    "decode floor: copy / read", "decode ÷ floor: copy rate beside / best",
+    "× transformers generate() (decode / TTFT / vision, vs baseline)",
     "weights MB", "RSS MB: engine / process peak",
 )  # fmt: skip
 EXTRAPOLATED = (
@@ -40,34 +45,59 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def rows_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Engines, then the transformers baselines (one per precision; older results hold one "baseline")."""
+    baselines = result.get("baselines")
+    if baselines is None:
+        baselines = [result["baseline"]] if result.get("baseline") else []
+    return [*result["results"], *baselines]
+
+
+def _threads(rows: list[dict[str, Any]]) -> str:
+    """The Setting line's tail naming each engine's CPU thread pools as recorded (absent in older results)."""
+    parts = [
+        f"{r['key']} " + ", ".join(f"{k} {v or 'default'}" for k, v in r["threads"].items() if k != "note")
+        for r in rows
+        if r.get("threads")
+    ]
+    return f" CPU threads: {'; '.join(parts)}." if parts else ""
+
+
+def _speed(x: dict[str, Any] | None) -> str:
+    if not x:
+        return "—"
+    cell = f"{x['decode_per_token']}× / {x['ttft']}× / {x['vision']}×"
+    return f"{cell} vs {x['baseline']}" if "baseline" in x else cell
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, st = result["machine"], result["setting"]
-    rows = [*result["results"], *([result["baseline"]] if result["baseline"] else [])]
+    rows = rows_of(result)
     sp = result.get("speedup_vs_baseline") or {}
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
     gpu_mem = any(r.get("gpu_peak_mb") is not None for r in rows)
     columns = [*COLUMNS, "peak GPU MB (all engines loaded)"] if gpu_mem else list(COLUMNS)
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['memory']}{gpu}; "
-        f"measured {'on the GPU' if m.get('floors_measured_on') == 'cuda' else 'on the CPU'}: copy bandwidth "
+        f"measured {'on the GPU' if str(m.get('floors_measured_on')).startswith('cuda') else 'on the CPU'}: "
+        "copy bandwidth "
         f"{m['memory_bandwidth_gbs']} GB/s (read + write){_read(m)}{_samples(m)}, "
         f"matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
         f"{m['compute_gflops_bf16']} bf16 (vision and prefill floors use the faster).",
         f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
-        f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.",
+        f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.{_threads(rows)}",
         "",
         _row(columns),
         _row(["---"] * len(columns)),
     ]
     for r in rows:
-        s, x = r["stages_ms"], sp.get(r["key"])
-        speed = f"{x['decode_per_token']}× / {x['ttft']}× / {x['vision']}×" if x else "—"
+        s, speed = r["stages_ms"], _speed(sp.get(r["key"]))
         floor = f"{r['decode_floor_ms']:.2f} ({100 * r['floor_fraction']['decode']:.0f} %)"
         if "decode_floor_read_ms" in r:
             floor += f" / {r['decode_floor_read_ms']:.2f} ({100 * r['floor_fraction']['decode_read']:.0f} %)"
         cells = [f"{s[k]['p50']:.1f}" for k in ("preprocess", "vision", "prefill")]
         frac = r["floor_fraction"]
-        times = f"{1 / frac['decode']:.2f}×"
+        times = f"{1 / frac['decode']:.2f}×" if frac["decode"] else "—"  # 0: a floor too small to record
         if frac.get("decode_beside"):
             times = f"{1 / frac['decode_beside']:.2f}× / {times}"
         lines.append(
@@ -104,7 +134,7 @@ def plot(result: dict[str, Any], png: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [*result["results"], *([result["baseline"]] if result["baseline"] else [])]
+    rows = rows_of(result)
     n = result["setting"]["new_tokens"]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(rows)))
     left = [0.0] * len(rows)

@@ -1,9 +1,13 @@
 """Measure every model in one process, interleaved after warm-up, next to the transformers baseline and the
-machine's floor."""
+machine's floor.
+
+The baseline is transformers' eager generate() in the precision of the engine it is compared with
+(`baseline_precision`): one baseline per precision needed, and every speed-up records which it used, so
+e.g. fp16 + CUDA graphs is compared with fp16 transformers, not with fp32.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 from lphi_edge.bench.costs import PHI2_HIDDEN, PHI2_LAYERS, Arch
 from lphi_edge.bench.machine import compute_gflops, machine_info, memory_bandwidth_gbs, memory_read_gbs, rss_mb
 from lphi_edge.errors import ConfigError
+from lphi_edge.runtime.device import check_threads, parse_device
 
 logger = logging.getLogger(__name__)
 STAGES = ("preprocess", "vision", "prefill", "decode_per_token", "end_to_end")
@@ -38,6 +43,16 @@ EXPORT_FLAGS = {
     "int4-b256-shared-kv8": ["--quant", "int4", "--block-size", "256", "--kv-cache", "shared", "--kv-quant", "int8"],
     "int8-vision": ["--quant", "int8", "--quant-vision"],  # the vision encoder's MatMuls in int8 too
 }
+HF_DTYPES = ("fp32", "fp16", "bf16")  # what transformers' generate() runs the checkpoint in
+
+
+def baseline_precision(backend: str, precision: str, cuda: bool) -> str:
+    """The precision transformers' generate() is measured in for an engine: a torch engine's own; an export's
+    when transformers runs it natively there (fp32, and fp16 / bf16 on a GPU); otherwise what a transformers
+    user would run on that device instead (fp16 on a GPU, fp32 on a CPU, e.g. for int8 / int4 exports)."""
+    if backend == "torch" or (precision in HF_DTYPES and (cuda or precision == "fp32")):
+        return precision
+    return "fp16" if cuda else "fp32"
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,7 @@ class BenchConfig:
     new_tokens: int = 32
     runs: int = 5
     warmup: int = 1
-    threads: int | None = None
+    threads: int | None = None  # torch's and onnxruntime's intra-op threads (None: each library's default)
     baseline: str | None = None  # "hf"
     synthetic_config: str | None = None
     synthetic_exports: tuple[str, ...] = ()
@@ -59,6 +74,8 @@ class BenchConfig:
     cuda_graphs: str = "on"  # torch backend on CUDA: "on", "off" (eager decode) or "both", side by side
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", str(parse_device(self.device)))  # canonical: cpu, cuda, cuda:N
+        check_threads(self.threads, "--threads")
         if not self.torch_dtypes or any(d not in ("fp32", "fp16", "bf16") for d in self.torch_dtypes):
             raise ConfigError(f"--torch-dtypes must name fp32 / fp16 / bf16, got {self.torch_dtypes}")
         if not self.models and not self.synthetic_config:
@@ -74,6 +91,10 @@ class BenchConfig:
         bad = [p for p in self.synthetic_exports if p not in EXPORT_FLAGS]
         if bad:
             raise ConfigError(f"--synthetic-exports: unknown precision(s) {bad}: expected some of {list(EXPORT_FLAGS)}")
+
+    @property
+    def cuda(self) -> bool:
+        return parse_device(self.device).is_cuda
 
 
 @dataclass
@@ -108,34 +129,35 @@ def _checkpoint_arch(path: Path) -> Arch | None:
 
 def load_targets(model: str, cfg: BenchConfig) -> list[Target]:
     """An export directory: one target; a checkpoint: one per torch dtype."""
-    from lphi_edge.assistant import resolve_model_dir
-    from lphi_edge.export.manifest import is_export_dir
+    from lphi_edge.format.manifest import is_export_dir
+    from lphi_edge.format.shipped import resolve_model_dir
 
     if is_export_dir(resolve_model_dir(model, cfg.backend)):
         return [load_target(model, cfg)]
-    graphs = {"on": [True], "off": [False], "both": [True, False]}[cfg.cuda_graphs] if cfg.device == "cuda" else [None]
+    graphs = {"on": [True], "off": [False], "both": [True, False]}[cfg.cuda_graphs] if cfg.cuda else [None]
     return [load_target(model, cfg, dtype, g) for dtype in cfg.torch_dtypes for g in graphs]
 
 
 def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_graphs: bool | None = None) -> Target:
-    from lphi_edge.assistant import Assistant, resolve_model_dir
-    from lphi_edge.export.manifest import Manifest, is_export_dir
+    from lphi_edge.assistant import Assistant
+    from lphi_edge.format.manifest import Manifest, is_export_dir
+    from lphi_edge.format.shipped import resolve_model_dir
 
     path = resolve_model_dir(model, cfg.backend)
     extra = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
     assistant, load_s, load_rss = _load(
-        lambda: Assistant.from_pretrained(path, backend=cfg.backend, device=cfg.device, dtype=dtype, **extra)
+        lambda: Assistant.from_pretrained(
+            path, backend=cfg.backend, device=cfg.device, dtype=dtype, threads=cfg.threads, **extra
+        )
     )
     be = assistant.backend
     if is_export_dir(path):
         manifest = Manifest.load(path, verify_checksums=False)  # the backend has just checked it
-        files = manifest.data["files"]
-        weights = sum(f["bytes"] for f in files.values())
-        decode = sum(f["bytes"] for name, f in files.items() if name.startswith("decoder_model_merged"))
-        source = Path(manifest.data.get("source", {}).get("checkpoint", ""))
-        arch = _checkpoint_arch(source) if source.is_dir() else None
+        weights, decode = manifest.weight_bytes(), manifest.weight_bytes("decoder_model_merged")
+        source = manifest.source_checkpoint
+        arch = _checkpoint_arch(source) if source is not None and source.is_dir() else None
         kv_quant = manifest.kv_quant
-        kv_cache = manifest.kv_cache + (f"/{kv_quant['dtype']}" if kv_quant else "")  # e.g. "shared/int8"
+        kv_cache = manifest.kv_cache + (f"/{kv_quant.dtype}" if kv_quant else "")  # e.g. "shared/int8"
     else:
         weights, decode = _torch_bytes(be.model)
         arch, kv_cache = Arch.from_config(be.model.config), None
@@ -148,18 +170,31 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
     )  # fmt: skip
 
 
-def load_baseline(model: str, cfg: BenchConfig) -> Target:
-    from lphi_edge.assistant import resolve_model_dir
+def load_baseline(model: str, cfg: BenchConfig, dtype: str = "fp32") -> Target:
+    """transformers' generate() on the checkpoint `model` in `dtype`, labelled e.g. "transformers/fp16"."""
     from lphi_edge.bench.hf import HFBaseline
+    from lphi_edge.format.shipped import resolve_model_dir
 
     path = resolve_model_dir(model)
-    hf, load_s, load_rss = _load(lambda: HFBaseline(path, cfg.device))
+    hf, load_s, load_rss = _load(lambda: HFBaseline(path, cfg.device, dtype))
     weights, decode = _torch_bytes(hf.model)
     arch = Arch.from_config(hf.model.config)
     return Target(
-        "transformers/fp32", hf, "transformers", "fp32", cfg.device, str(model), load_s, weights / 2**20, decode, arch,
-        load_rss,
+        f"transformers/{dtype}", hf, "transformers", dtype, cfg.device, str(model), load_s, weights / 2**20, decode,
+        arch, load_rss,
     )  # fmt: skip
+
+
+def load_baselines(targets: list[Target], cfg: BenchConfig) -> dict[str, Target]:
+    """One transformers baseline per precision the engines need (see baseline_precision), on the first
+    checkpoint measured, else the one the first export was made from; keyed by precision, in first-use order."""
+    from lphi_edge.format.manifest import Manifest
+
+    ckpts = [t.model for t in targets if t.backend == "torch"] or [
+        str(Manifest.load(t.model, verify_checksums=False).source_checkpoint) for t in targets
+    ]
+    precisions = dict.fromkeys(baseline_precision(t.backend, t.precision, cfg.cuda) for t in targets)
+    return {p: load_baseline(ckpts[0], cfg, p) for p in precisions}
 
 
 def _load(make: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -216,29 +251,23 @@ def _synthetic_models(cfg: BenchConfig) -> list[str]:
 
 def _pct(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs)
-    return {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}
+    return {f"p{q}": _sig(float(np.percentile(a, q)), 5) for q in (50, 90, 99)}
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     import torch
 
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.threads)  # the floors' tests and the transformers baseline run on torch
     threads = torch.get_num_threads()
     models = list(cfg.models) + (_synthetic_models(cfg) if cfg.synthetic_config else [])
     image = _image(cfg.image)
     targets = [t for m in models for t in load_targets(m, cfg)]
-    baseline = None
-    if cfg.baseline == "hf":
-        ckpts = [t.model for t in targets if t.backend == "torch"] or [
-            str(Path(json.loads((Path(t.model) / "manifest.json").read_text())["source"]["checkpoint"]))
-            for t in targets
-        ]
-        baseline = load_baseline(ckpts[0], cfg)
-    everyone = targets + ([baseline] if baseline else [])
+    baselines = load_baselines(targets, cfg) if cfg.baseline == "hf" else {}
+    everyone = targets + list(baselines.values())
     logger.info("measuring the machine's floor (copy, read and matmul tests)")
     dev = cfg.device
-    # On a VM the memory rates move with the neighbours' load (here: 26-58 GB/s, switching every few seconds).
+    # On a VM the memory rates move with the neighbours' load (by 2× within minutes; benchmarks/results/NOTES.md).
     # The copy rate is measured again just before and just after every measured run of every engine. A run
     # ends with its decode, so the rate after it is the one beside the decode (it tracks the decode's speed
     # more closely than the rate before: benchmarks/README.md): each result's decode gets a floor from the
@@ -246,7 +275,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     copy_samples, read_samples = [memory_bandwidth_gbs(device=dev)], [memory_read_gbs(device=dev)]
     fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)
     gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
-    cuda = dev == "cuda"
+    cuda = cfg.cuda
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="lphi-bench", unit="round"):
         if r:
             read_samples.append(memory_read_gbs(device=dev, repeats=3))
@@ -256,14 +285,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 t.copy_gbs_before.append(memory_bandwidth_gbs(device=dev, repeats=2))
                 copy_samples.append(t.copy_gbs_before[-1])
             if cuda:
-                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.reset_peak_memory_stats(dev)
             stages = _once(t, image, cfg)
             if measured:
                 t.copy_gbs.append(memory_bandwidth_gbs(device=dev, repeats=2))
                 copy_samples.append(t.copy_gbs[-1])
             t.peak_rss_mb = max(t.peak_rss_mb, rss_mb())
             if cuda:
-                t.gpu_peak_mb = max(t.gpu_peak_mb or 0.0, torch.cuda.max_memory_allocated() / 2**20)
+                t.gpu_peak_mb = max(t.gpu_peak_mb or 0.0, torch.cuda.max_memory_allocated(dev) / 2**20)
             if measured:
                 for k, v in stages.items():
                     t.samples[k].append(v)
@@ -274,17 +303,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     for r in results:  # two models with one backend/precision: tell them apart by model
         if keys.count(r["key"]) > 1:
             r["key"] = f"{r['key']} ({Path(r['model']).name})"
-    base = _result(baseline, bandwidth, read_bw, gflops, prompt_positions, cfg) if baseline else None
-    speedup = {}
-    if base:
-        for res in results:
-            key = res["key"]
-            speedup[key] = {
-                s: round(base["stages_ms"][s]["p50"] / max(res["stages_ms"][s]["p50"], 1e-9), 2) for s in STAGES
-            }
-            speedup[key]["ttft"] = round(base["ttft_ms"]["p50"] / max(res["ttft_ms"]["p50"], 1e-9), 2)
+    bases = {p: _result(b, bandwidth, read_bw, gflops, prompt_positions, cfg) for p, b in baselines.items()}
+    speedup = {
+        res["key"]: _speedup(res, bases[baseline_precision(t.backend, t.precision, cuda)])
+        for t, res in zip(targets, results)
+        if bases
+    }
     return {
-        "machine": machine_info(threads)
+        "machine": machine_info(threads, dev)
         | {
             "floors_measured_on": dev,
             "memory_bandwidth_gbs": round(bandwidth, 2),  # copy test, bytes read + written (STREAM's count)
@@ -306,9 +332,29 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "interleaved": True,
         },
         "results": results,
-        "baseline": base,
-        "speedup_vs_baseline": speedup or None,
+        "baseline": bases.get("fp32") or next(iter(bases.values()), None),  # one of "baselines", fp32 if measured
+        "baselines": list(bases.values()),  # transformers' generate(), one per precision the engines needed
+        "speedup_vs_baseline": speedup or None,  # each against the baseline named in its "baseline"
     }
+
+
+def _speedup(res: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """p50 baseline ÷ p50 engine per stage and TTFT, and which baseline (hence which precision) that was."""
+    out: dict[str, Any] = {s: _sig(base["stages_ms"][s]["p50"] / max(res["stages_ms"][s]["p50"], 1e-9)) for s in STAGES}
+    out["ttft"] = _sig(base["ttft_ms"]["p50"] / max(res["ttft_ms"]["p50"], 1e-9))
+    out["baseline"] = base["key"]
+    return out
+
+
+def _sig(x: float, digits: int = 3) -> float:
+    """`x` to `digits` significant figures: figures of a tiny model (microseconds, floors, ratios) must not round
+    to 0 on a fast machine, nor lose their precision to a fixed number of decimals."""
+    return float(f"{x:.{digits}g}")
+
+
+def _threads(t: Target) -> dict[str, Any]:
+    """The CPU threads this engine ran with, read back from its library (torch / onnxruntime)."""
+    return (t.runner if t.backend == "transformers" else t.runner.backend).thread_settings()
 
 
 def _image(path: str | None) -> np.ndarray:
@@ -340,6 +386,7 @@ def _result(
         "backend": t.backend,
         "precision": t.precision,
         "device": t.device,
+        "threads": _threads(t),
         "kv_cache": t.kv_cache,
         "stages_ms": stages,
         "ttft_ms": _pct(t.samples["ttft"]),
@@ -349,27 +396,27 @@ def _result(
         "gpu_peak_mb": None if t.gpu_peak_mb is None else round(t.gpu_peak_mb, 1),
         "weights_mb": round(t.weights_mb, 1),
         "load_s": round(t.load_s, 2),
-        "decode_floor_ms": round(decode_floor, 3),
-        "decode_floor_read_ms": round(read_floor, 3),
-        "decode_floor_beside_ms": round(float(np.median(beside)), 3) if beside else None,
+        "decode_floor_ms": _sig(decode_floor, 4),
+        "decode_floor_read_ms": _sig(read_floor, 4),
+        "decode_floor_beside_ms": _sig(float(np.median(beside)), 4) if beside else None,
         "copy_gbs_beside": [round(x, 2) for x in t.copy_gbs],  # right after each run, beside its decode
         "copy_gbs_before": [round(x, 2) for x in t.copy_gbs_before],  # right before each run
-        "runs_ms": {s: [round(x, 3) for x in t.samples[s]] for s in (*STAGES, "ttft")},  # every measured run
+        "runs_ms": {s: [_sig(x, 5) for x in t.samples[s]] for s in (*STAGES, "ttft")},  # every measured run
         "vision_floor_ms": None,
         "prefill_floor_ms": None,
         "floor_fraction": {
-            "decode": round(decode_floor / stages["decode_per_token"]["p50"], 3),
-            "decode_read": round(read_floor / stages["decode_per_token"]["p50"], 3),
-            "decode_beside": round(float(np.median(beside_fraction)), 3) if beside_fraction else None,
+            "decode": _sig(decode_floor / stages["decode_per_token"]["p50"]),
+            "decode_read": _sig(read_floor / stages["decode_per_token"]["p50"]),
+            "decode_beside": _sig(float(np.median(beside_fraction))) if beside_fraction else None,
         },
         "extrapolated_32_layers": None,
     }
     if t.arch is not None:
         vf, pf = t.arch.vision_flops() / (gflops * 1e9) * 1e3, t.arch.prefill_flops(positions) / (gflops * 1e9) * 1e3
-        res["vision_floor_ms"], res["prefill_floor_ms"] = round(vf, 2), round(pf, 2)
+        res["vision_floor_ms"], res["prefill_floor_ms"] = _sig(vf), _sig(pf)
         res["floor_fraction"] |= {
-            "vision": round(vf / stages["vision"]["p50"], 3),
-            "prefill": round(pf / stages["prefill"]["p50"], 3),
+            "vision": _sig(vf / stages["vision"]["p50"]),
+            "prefill": _sig(pf / stages["prefill"]["p50"]),
         }
         if t.arch.text_hidden == PHI2_HIDDEN and t.arch.text_layers < PHI2_LAYERS:  # a phi2-Nl synthetic model
             f = t.arch.full_size_factors(positions)

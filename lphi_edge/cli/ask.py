@@ -1,10 +1,11 @@
 """lphi-ask: answer one instruction about one image.
 
-    lphi-ask --model DIR --image PATH --prompt TEXT [--backend B] [--device D] [--dtype T]
+    lphi-ask --model DIR --image PATH --prompt TEXT [--backend B] [--device D] [--dtype T] [--threads N]
              [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--stop STR ...] [--json]
 
 Without --json the answer streams to stdout and a timing line goes to stderr. With --json, stdout's
 last line is one JSON object: text, token_ids, finish_reason, backend, precision, device, timings_ms.
+A bad --device or --threads is one `lphi-ask: error: ...` line and exit status 2, before anything loads.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sys
 
 from lphi_edge.cli._common import run, setup_logging
+from lphi_edge.runtime.device import DEVICE_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["torch", "onnxruntime", "tensorrt"],
         help="default: torch for a checkpoint, the manifest's backend for an export",
     )
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; default cpu (cuda for tensorrt)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="torch backend precision (fp32)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads, 1..CPU count: torch's (process-wide) and onnxruntime's intra-op (default: theirs)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -48,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         from lphi_edge.assistant import Assistant, generation_config
         from lphi_edge.processing.image import load_image
         from lphi_edge.processing.template import check_question
+        from lphi_edge.runtime.device import check_threads, parse_device
 
-        # Cheap checks first: a bad image or prompt must not wait for the weights to load.
+        # Cheap checks first: a bad device, thread count, image or prompt must not wait for the weights to load.
+        if args.device is not None:
+            parse_device(args.device)
+        check_threads(args.threads, "--threads")
         gen = generation_config(
             dict(
                 max_new_tokens=args.max_new_tokens,
@@ -62,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         check_question(args.prompt)
         image = load_image(args.image)
-        assistant = Assistant.from_pretrained(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+        assistant = Assistant.from_pretrained(
+            args.model, backend=args.backend, device=args.device, dtype=args.dtype, threads=args.threads
+        )
         if args.json:
             answer = assistant.ask(image, args.prompt, config=gen)
             print(json.dumps(answer.to_dict(), ensure_ascii=False))

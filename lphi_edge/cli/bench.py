@@ -3,6 +3,11 @@ in one process, next to transformers' eager generate() and the machine's floor.
 
     lphi-bench --model ckpt/ --model export-int4/ --baseline hf --json out.json --markdown out.md --plot out.png
     lphi-bench --synthetic-config phi2-2l --synthetic-exports fp16,int8,int4 --baseline hf --json out.json
+    lphi-bench --model ckpt/ --device cuda:1 --torch-dtypes fp16,bf16 --baseline hf --threads 4
+
+--baseline hf measures transformers' generate() once per precision the engines need (fp16 engines against
+fp16 transformers, ...); each speed-up names its baseline. Each result records the CPU threads its engine ran
+with ("threads"). A bad --device or --threads is one `lphi-bench: error: ...` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,20 +18,29 @@ import sys
 from pathlib import Path
 
 from lphi_edge.cli._common import run, setup_logging
+from lphi_edge.runtime.device import DEVICE_HELP
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lphi-bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", default=[], help="checkpoint or export directory (repeatable)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), help="default: from each model")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu); the floors are measured there too")
     p.add_argument("--image", help="frame to ask about (default: the shipped sample frame)")
     p.add_argument("--prompt", help="question (default: a one-word question)")
     p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run (eos masked until then)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads (default: all cores)")
-    p.add_argument("--baseline", choices=("hf",), help="also run transformers' eager generate() on the checkpoint")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads, 1..CPU count: torch's and every onnxruntime session's intra-op (default: theirs)",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=("hf",),
+        help="also run transformers' eager generate() on the checkpoint, in each measured engine's precision",
+    )
     p.add_argument("--synthetic-config", help="random-weight model at real widths, e.g. phi2-2l (2 decoder layers)")
     p.add_argument(
         "--synthetic-exports",

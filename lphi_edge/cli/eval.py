@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="answers JSONL (resumed if it exists)")
     r.add_argument("--limit", type=int, help="first N questions only")
     r.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"))
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default=None, help="cpu | cuda | cuda:N; default cpu (cuda for tensorrt)")
     r.add_argument("--max-new-tokens", type=int)
     r.add_argument("--on-bad", choices=("error", "skip"), default="error", help="missing images: stop, or skip+count")
     r.add_argument("--n", type=int, default=400, help="shapes: frames")

@@ -19,7 +19,7 @@ import argparse
 import sys
 
 from lphi_edge.cli._common import run, setup_logging
-from lphi_edge.export.manifest import KV_CACHES, KV_QUANTS
+from lphi_edge.format.manifest import KV_CACHES, KV_QUANTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def _main() -> int:
-        from lphi_edge.export.exporter import ExportConfig, VerificationError, export_model
+        from lphi_edge.export.config import ExportConfig
+        from lphi_edge.export.exporter import VerificationError, export_model
         from lphi_edge.export.kv_quant import KVCalibrationConfig
-        from lphi_edge.export.manifest import Manifest
         from lphi_edge.export.verify import report_table
+        from lphi_edge.format.manifest import Manifest
+        from lphi_edge.format.shipped import resolve_model_dir
 
         config = ExportConfig(
             fp16=args.fp16,
@@ -104,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             trt=args.trt,
             overwrite=args.overwrite,
         )
-        from lphi_edge.assistant import resolve_model_dir
-
         if args.trt:  # fail before the (long) ONNX export when TensorRT cannot run here
-            from lphi_edge.export.tensorrt import require_tensorrt
+            from lphi_edge.runtime.cuda_trt import require_tensorrt
 
             require_tensorrt()
         try:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         except VerificationError as e:
             print(report_table(e.report), file=sys.stderr)
             raise
-        report = Manifest.load(out, verify_checksums=False).data["verification"]
+        report = Manifest.load(out, verify_checksums=False).verification
         if report is not None:
             print(report_table(report))
         print(f"wrote {config.precision} export to {out}")

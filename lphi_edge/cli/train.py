@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def _main() -> int:
-        from lphi_edge.assistant import SHIPPED_MODELS
+        from lphi_edge.format.shipped import SHIPPED_MODELS
         from lphi_edge.train.config import TrainConfig
         from lphi_edge.train.trainer import train
 

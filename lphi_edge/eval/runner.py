@@ -44,7 +44,7 @@ class RunConfig:
     images: str | None = None
     limit: int | None = None
     backend: str | None = None
-    device: str = "cpu"
+    device: str | None = None  # None: cpu (cuda for tensorrt), as Assistant.from_pretrained
     on_bad: str = "error"  # error | skip (counted, listed in OUT.skipped.jsonl)
     max_new_tokens: int | None = None
     n: int = 400  # shapes: frames

@@ -19,38 +19,33 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 from tqdm.auto import tqdm
 
-import lphi_edge
+from lphi_edge._version import __version__
 from lphi_edge.atomic import atomic_directory
 from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.export import onnx_parts
-from lphi_edge.export.kv_quant import (
-    KVCalibrationConfig,
-    calibrate,
-    check_graph_scales,
-    kv_scales,
-    quantize_kv_cache,
-    write_scales,
-)
-from lphi_edge.export.manifest import (
-    FORMAT,
+from lphi_edge.export.config import GQA_HEAD_MULTIPLE, ExportConfig
+from lphi_edge.export.kv_quant import calibrate, check_graph_scales, kv_scales, quantize_kv_cache, write_scales
+from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
+from lphi_edge.format.manifest import (
     FORMAT_VERSION,
     FORMAT_VERSION_INT8_KV,
-    KV_CACHES,
-    KV_QUANTS,
     KV_SCALES_FILE,
     PARTS,
+    KVQuant,
     Manifest,
+    Part,
+    TensorSpec,
+    TextConfig,
     file_table,
     sha256_file,
 )
-from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
 from lphi_edge.model.checkpoint import load_checkpoint, processor_config, weight_files
 from lphi_edge.processing.tokenizer import Tokenizer, tokenizer_files
 
@@ -72,7 +67,6 @@ _EXPORTERS = {
     "embed_tokens": onnx_parts.export_embed,
     "decoder_model_merged": onnx_parts.export_decoder,
 }
-GQA_HEAD_MULTIPLE = 8  # onnxruntime's GroupQueryAttention needs head_dim % 8 == 0
 
 
 class VerificationError(LphiError):
@@ -83,87 +77,10 @@ class VerificationError(LphiError):
         self.report = report
 
 
-@dataclass(frozen=True)
-class ExportConfig:
-    """What `lphi-export` builds.
-
-    Attributes:
-        fp16: fp16 weights and compute for the vision encoder, embeddings and (unless quantized) decoder.
-        quant: None | "int8" | "int4": weight-only MatMulNBits quantization of the decoder's MatMuls.
-        block_size: quantization block size along K.
-        quant_vision: also quantize the vision encoder's MatMuls (default: only the decoder).
-        opset: ONNX opset of the exported graphs.
-        verify: compare against the PyTorch model before publishing (on by default).
-        verify_pairs: frame/prompt pairs of the end-to-end check.
-        min_token_match: also fail verification below this greedy token-match rate (e.g. to gate int4).
-        kv_cache: "concat" (the decoder returns past + new as new tensors: any runtime, TensorRT included) or
-            "shared" (onnxruntime GroupQueryAttention: the backend keeps one preallocated buffer per layer and
-            the decoder writes only the new positions into it — no whole-cache copy per token; onnxruntime
-            only, unpadded attention masks).
-        kv_quant: None | "int8": keep the shared cache as int8 with per-channel scales calibrated on the
-            PyTorch model (a quarter of the bytes each decode step reads; `kv_quant.py`). Needs kv_cache="shared".
-        kv_calibration: the frames and headroom of that calibration.
-        trt: also build TensorRT engines on this machine's GPU.
-        overwrite: replace an existing export directory.
-    """
-
-    fp16: bool = False
-    quant: str | None = None
-    block_size: int = 32
-    quant_vision: bool = False
-    opset: int = 20
-    verify: bool = True
-    verify_pairs: int = 8
-    min_token_match: float | None = None
-    kv_cache: str = "concat"
-    kv_quant: str | None = None
-    kv_calibration: KVCalibrationConfig = KVCalibrationConfig()
-    trt: bool = False
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.quant is not None:
-            QuantConfig(self.quant, self.block_size)  # validates precision and block size
-        elif self.quant_vision:
-            raise ConfigError("ExportConfig.quant_vision needs quant='int8' or 'int4'")
-        if not 18 <= self.opset <= 23:
-            raise ConfigError(f"ExportConfig.opset must be in 18..23 (torch.onnx dynamo export), got {self.opset}")
-        if self.verify_pairs < 1:
-            raise ConfigError(f"ExportConfig.verify_pairs must be ≥ 1, got {self.verify_pairs}")
-        if self.min_token_match is not None and not 0 <= self.min_token_match <= 1:
-            raise ConfigError(f"ExportConfig.min_token_match must be in [0, 1], got {self.min_token_match}")
-        if self.kv_cache not in KV_CACHES:
-            raise ConfigError(f"ExportConfig.kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
-        if self.kv_quant is not None and self.kv_quant not in KV_QUANTS:
-            raise ConfigError(f"ExportConfig.kv_quant must be one of {KV_QUANTS} or None, got {self.kv_quant!r}")
-        if self.kv_quant is not None and self.kv_cache != "shared":
-            raise ConfigError(
-                f"a {self.kv_quant} KV cache (--kv-quant) is quantized by GroupQueryAttention as it writes the cache: "
-                "it needs kv_cache='shared' (--kv-cache shared)"
-            )
-        if self.kv_cache == "shared" and self.trt:
-            raise ConfigError(
-                "kv_cache='shared' uses onnxruntime's GroupQueryAttention, which TensorRT cannot build: "
-                "export with kv_cache='concat' (--kv-cache concat) for --trt"
-            )
-
-    @property
-    def part_precisions(self) -> dict[str, str]:
-        base = "fp16" if self.fp16 else "fp32"
-        return {
-            "vision_encoder": self.quant if self.quant and self.quant_vision else base,
-            "embed_tokens": base,
-            "decoder_model_merged": self.quant or base,
-        }
-
-    @property
-    def precision(self) -> str:
-        """The export's headline precision: the decoder's."""
-        return self.part_precisions["decoder_model_merged"]
-
-
-def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: ExportConfig = ExportConfig()) -> Path:
-    """Export a native checkpoint to `out`; returns `out`. Raises VerificationError (nothing published)."""
+def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: ExportConfig | None = None) -> Path:
+    """Export a native checkpoint to `out` (default ExportConfig()); returns `out`. Raises VerificationError
+    (nothing published)."""
+    config = config or ExportConfig()
     model_dir, out = Path(model_dir), Path(out)
     if out.exists() and not config.overwrite:
         raise ConfigError(f"{out} already exists: choose a new --out or pass --overwrite")
@@ -239,13 +156,14 @@ def _quantize_kv(tmp: Path, reference: Assistant, config: ExportConfig) -> dict[
     return summary
 
 
-def _io(values) -> list[dict[str, Any]]:
+def _tensors(values) -> tuple[TensorSpec, ...]:
+    """A graph's inputs or outputs as the manifest records them."""
     out = []
     for v in values:
         t = v.type.tensor_type
-        shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-        out.append({"name": v.name, "dtype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": shape})
-    return out
+        shape = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
+        out.append(TensorSpec(v.name, _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), shape))
+    return tuple(out)
 
 
 def _source_hash(model_dir: Path) -> str:
@@ -267,56 +185,47 @@ def _write_manifest(
     parts = {}
     for part, precision in config.part_precisions.items():
         graph = onnx.load(str(tmp / f"{part}.onnx"), load_external_data=False).graph
-        parts[part] = {
-            "file": f"{part}.onnx",
-            "data": f"{part}.onnx.data",
-            "precision": precision,
-            "inputs": _io(graph.input),
-            "outputs": _io(graph.output),
-        }
-    parts["decoder_model_merged"]["kv_cache"] = config.kv_cache
+        io = _tensors(graph.input), _tensors(graph.output)
+        parts[part] = Part(f"{part}.onnx", precision, *io, data=f"{part}.onnx.data")
+    kv_quant = None
     if config.kv_quant is not None:
-        parts["decoder_model_merged"]["kv_quant"] = {
-            "dtype": config.kv_quant,
-            "scales": KV_SCALES_FILE,
-            "granularity": "per (layer, key|value, head, channel); static, symmetric",
-            "calibration": calibration,
-        }
+        granularity = "per (layer, key|value, head, channel); static, symmetric"
+        kv_quant = KVQuant(config.kv_quant, KV_SCALES_FILE, granularity, calibration)
+    parts["decoder_model_merged"] = replace(parts["decoder_model_merged"], kv_cache=config.kv_cache, kv_quant=kv_quant)
     proc = processor_config(model_dir, cfg)
-    data = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION_INT8_KV if config.kv_quant else FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "backend": "onnxruntime",
-        "precision": config.precision,
-        "parts": parts,
-        "text_config": {
-            "hidden_size": cfg.text.hidden_size,
-            "vocab_size": cfg.text.vocab_size,
-            "context_length": cfg.text.max_position_embeddings,
-            "image_tokens": cfg.image_tokens,
-            "num_layers": cfg.text.num_hidden_layers,
-            "num_heads": cfg.text.num_attention_heads,
-            "num_kv_heads": cfg.text.num_key_value_heads,
-            "head_dim": cfg.head_dim,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
-        "processor": {**proc.to_preprocessor_dict(), "pad_to_square": proc.pad_to_square},
-        "template": cfg.template,
-        "export_config": asdict(config),
-        "source": {"checkpoint": str(model_dir.resolve()), "sha256": _source_hash(model_dir)},
-        "tools": {
-            "lphi_edge": lphi_edge.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "opset": config.opset,
-        },
-        "files": file_table(tmp),
-        "verification": None,
+    text = TextConfig(
+        hidden_size=cfg.text.hidden_size,
+        vocab_size=cfg.text.vocab_size,
+        context_length=cfg.text.max_position_embeddings,
+        image_tokens=cfg.image_tokens,
+        num_layers=cfg.text.num_hidden_layers,
+        num_heads=cfg.text.num_attention_heads,
+        num_kv_heads=cfg.text.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    tools = {
+        "lphi_edge": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": config.opset,
     }
-    Manifest(tmp, data).write()
+    Manifest(
+        tmp,
+        precision=config.precision,
+        parts=parts,
+        text=text,
+        processor={**proc.to_preprocessor_dict(), "pad_to_square": proc.pad_to_square},
+        template=cfg.template,
+        files=file_table(tmp),
+        format_version=FORMAT_VERSION_INT8_KV if config.kv_quant else FORMAT_VERSION,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        export_config=asdict(config),
+        source={"checkpoint": str(model_dir.resolve()), "sha256": _source_hash(model_dir)},
+        tools=tools,
+    ).write()
 
 
 def _verify(tmp: Path, reference: Assistant, config: ExportConfig) -> None:
@@ -333,9 +242,7 @@ def _verify(tmp: Path, reference: Assistant, config: ExportConfig) -> None:
         kv_quant=config.kv_quant,
     ).to_dict()
     logger.info("verification of the %s export:\n%s", config.precision, report_table(report))
-    manifest = Manifest.load(tmp, verify_checksums=False)
-    manifest.data["verification"] = report
-    manifest.write()
+    replace(Manifest.load(tmp, verify_checksums=False), verification=report).write()
     if not report["passed"]:
         raise VerificationError(
             f"exported {config.precision} model does not match the PyTorch model: "

@@ -11,8 +11,8 @@ are cached, after the rotary embedding), each channel's largest |value| over eve
 a headroom for frames not seen, / 127. Calibration frames are a directory of the deployment's own images
 (`--kv-calibration-images`) or, by default, synthetic scenes other than the verification's. The export's
 verification then puts the PyTorch model's cache for its own frames through the same rounding
-(`round_trip`) and fails the export below `verify.KV_COSINE_MIN` (too many values clipped or too coarse a
-grid) — the int8 cache's own error, apart from any weight quantization's.
+(`lphi_edge.format.kv_int8.round_trip`) and fails the export below `verify.KV_COSINE_MIN` (too many values
+clipped or too coarse a grid) — the int8 cache's own error, apart from any weight quantization's.
 
 The scales live twice, from one array: inside the decoder graph (the op's k_scale / v_scale inputs) and in
 `kv_cache_scales.npy` [2·L, H, Dh] (past_key_values order), which the onnxruntime backend reads to
@@ -32,9 +32,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lphi_edge.errors import ConfigError
-from lphi_edge.export.manifest import KV_QUANTS, KV_SCALES_FILE
 from lphi_edge.export.rewrites import AttentionPatternError
-from lphi_edge.runtime.onnx_backend import dequantize
+from lphi_edge.format.kv_int8 import QMAX
+from lphi_edge.format.manifest import KV_QUANTS, KV_SCALES_FILE
 
 if TYPE_CHECKING:
     from lphi_edge.assistant import Assistant
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-QMAX = 127  # symmetric int8
 _K_SCALE_INPUT, _V_SCALE_INPUT = 12, 13  # GroupQueryAttention's k_scale / v_scale input slots
 _QUANT_ATTRIBUTES = ("k_quant_type", "v_quant_type", "kv_cache_bit_width")
 _PAST_KEY = re.compile(r"past_key_values\.(\d+)\.key")
@@ -102,17 +101,15 @@ def calibrate(reference: Assistant, config: KVCalibrationConfig) -> tuple[np.nda
     `reference` is the PyTorch model's Assistant; each frame is answered greedily with the verification's
     prompts and every cached position counted (image, prompt and answer)."""
     from lphi_edge.export.verify import PROMPTS
-    from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session
+    from lphi_edge.runtime.generation import GenerationConfig
 
     absmax: np.ndarray | None = None
     positions = 0
     frames = config.frames_to_run()
     for k, frame in enumerate(frames):
-        text = reference.template.prompt([(PROMPTS[k % len(PROMPTS)], None)], image=True)
-        prompt_ids = reference.tokenizer.encode_prompt(text)
-        feats = reference.backend.encode_images(reference.processor(frame))[0]  # (N, D)
-        session = Session(reference.backend, reference.tokenizer, reference.eos_token_ids)
-        session.generate(prompt_ids, [ImageInput(f"calibration-{k}", feats)], GenerationConfig(config.new_tokens))
+        prompt_ids, images = reference.prompt_inputs(frame, PROMPTS[k % len(PROMPTS)])
+        session = reference.new_session()
+        session.generate(prompt_ids, images, GenerationConfig(config.new_tokens))
         tensors = session.cache.arrays()  # 2·L × (1, H, P, Dh)
         frame_max = np.stack([np.abs(t).max(axis=(0, 2)) for t in tensors]).astype(np.float32)  # (2·L, H, Dh)
         absmax = frame_max if absmax is None else np.maximum(absmax, frame_max)
@@ -131,14 +128,6 @@ def calibrate(reference: Assistant, config: KVCalibrationConfig) -> tuple[np.nda
 def kv_scales(absmax: np.ndarray, headroom: float) -> np.ndarray:
     """Per-channel scales: headroom · max|x| / 127 (channels never seen non-zero get a tiny positive scale)."""
     return np.maximum(absmax * headroom / QMAX, np.float32(1e-8)).astype(np.float32)
-
-
-def round_trip(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, float]:
-    """(x as the int8 cache keeps it — x / scale rounded, saturated, times scale; the fraction of x that
-    saturated). x [B, H, P, Dh], scale [H, Dh]: the arithmetic GroupQueryAttention applies when it writes."""
-    q = np.round(x / scale[None, :, None, :])  # (B, H, P, Dh)
-    clipped = float(np.mean((q < -(QMAX + 1)) | (q > QMAX)))
-    return dequantize(np.clip(q, -(QMAX + 1), QMAX), scale), clipped
 
 
 def _attention_layers(path: Path, graph: onnx.GraphProto):

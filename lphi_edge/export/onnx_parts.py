@@ -21,12 +21,12 @@ from torch import nn
 from torch.export import Dim
 from transformers import DynamicCache
 
-from lphi_edge.export.manifest import decoder_io_names
 from lphi_edge.export.rewrites import fuse_kv_attention, simplify_attention
+from lphi_edge.format.manifest import decoder_io_names
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 
-if TYPE_CHECKING:  # the exporter imports this module
-    from lphi_edge.export.exporter import ExportConfig
+if TYPE_CHECKING:
+    from lphi_edge.export.config import ExportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ def export_decoder(model: LlavaPhiForCausalLM, path: Path, config: ExportConfig)
     inputs, outputs = decoder_io_names(t.num_hidden_layers)
     rewrite = None
     if config.kv_cache == "shared":
-        # the op rotates q and k itself (≈ 6 % faster per token at Phi-2 width: the graph's rotary subgraph
-        # is ~25 small ops per layer) where its kernel allows: head_dim and rotary_dim multiples of 16
+        # the op rotates q and k itself (fewer ops per token: the graph's rotary subgraph is ~25 small ops per
+        # layer; benchmarks/results/NOTES.md) where its kernel allows: head_dim and rotary_dim multiples of 16
         # (Phi-2: 80 and 32); elsewhere the graph keeps rotating them
         tables = rotary_tables(model)
         if head_dim % 16 or tables[0].shape[1] % 8:

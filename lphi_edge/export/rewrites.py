@@ -3,11 +3,11 @@
 1. `simplify_attention` (every part, always). The torch exporter lowers `scaled_dot_product_attention`
 with the key transposed through a 3-D detour: Reshape(K, [-1, P, Dh]) → Transpose(perm=[0, 2, 1]) →
 Reshape(back to [B, H, Dh, P]). No onnxruntime fusion sees through the reshapes, so every decode step
-materialises Kᵀ of the whole cache: at Phi-2 width that is 7 MB per layer per token, 19 % of an int4
-decode step on 2 CPU cores. The rewrite replaces the detour with the plain Transpose(K, perm=[0, 1, 3, 2])
-it stands for, which onnxruntime folds into its MatMul (FusedMatMul, transB) and TensorRT handles
-natively. Same math; the export's verification gate checks the result against PyTorch like any other
-export.
+materialises Kᵀ of the whole cache: at Phi-2 width 7 MB per layer per token, a large share of an int4
+decode step on a CPU (benchmarks/results/NOTES.md). The rewrite replaces the detour with the plain
+Transpose(K, perm=[0, 1, 3, 2]) it stands for, which onnxruntime folds into its MatMul (FusedMatMul, transB)
+and TensorRT handles natively. Same math; the export's verification gate checks the result against
+PyTorch like any other export.
 
 2. `fuse_kv_attention` (the decoder, `lphi-export --kv-cache shared`): attention with a KV cache written in
 place, through onnxruntime's GroupQueryAttention (see its section below).
@@ -53,8 +53,9 @@ def simplify_attention(model: ir.Model) -> int:
 
 # ---- shared KV buffers: attention → onnxruntime GroupQueryAttention --------------------------------------------------
 # The exported decoder's interface is `present = Concat(past, new)`: every decode step copies the whole cache
-# (at Phi-2 width and 700 positions: 2 × 7 MB per layer, read and written — 30 % of an int4 step on 2 CPU
-# cores). onnxruntime's GroupQueryAttention (com.microsoft) takes the new keys/values and the past, writes the
+# (at Phi-2 width and 700 positions: 2 × 7 MB per layer, read and written — a large share of an int4 step
+# on a CPU; benchmarks/results/NOTES.md).
+# onnxruntime's GroupQueryAttention (com.microsoft) takes the new keys/values and the past, writes the
 # present, and — when past and present are bound to the same buffer — writes only the S new positions into
 # it. Its contract is the same as the Concat graph's (past [B, H, P, Dh] → present [B, H, P + S, Dh]) when the
 # buffers are separate; the onnxruntime backend binds one preallocated buffer to both. Positions come from

@@ -1,11 +1,7 @@
 """TensorRT engines for an export directory, built ON THE TARGET GPU. Imports neither torch nor transformers.
 
-    DIR/trt/<gpu>-sm<XY>-trt<version>-<precision>/
-        vision_encoder.engine  embed_tokens.engine  decoder_model_merged.engine
-        build.json             settings, optimization profiles, TensorRT version, GPU, source hashes, seconds
-
-Engines are specific to the GPU model, its compute capability and the TensorRT version, so the directory
-name carries all three and `TrtBackend.from_export_dir` picks the one matching the machine it runs on.
+The engines go where `lphi_edge.format.engines` says (DIR/trt/<gpu>-sm<XY>-trt<version>-<precision>/, with
+build.json), and `TrtBackend.from_export_dir` picks the directory matching the machine it runs on.
 A build with the same settings from the same ONNX files is reused; a build is written to a temporary
 sibling directory and renamed into place only once all three engines exist.
 
@@ -18,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -27,16 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from lphi_edge.errors import ConfigError, LphiError
-from lphi_edge.export.manifest import PARTS, Manifest
+from lphi_edge.format.engines import (
+    BUILD_FORMAT_VERSION,
+    BUILD_JSON,
+    ENGINE_SUFFIX,
+    TRT_DIR,
+    TRT_PRECISIONS,
+    engine_dir_name,
+    engines_complete,
+    read_build_info,
+    source_hashes,
+)
+from lphi_edge.format.manifest import PARTS, Manifest
+from lphi_edge.runtime.cuda_trt import gpu_info, require_tensorrt, trt_logger
 
 logger = logging.getLogger(__name__)
 
-TRT_DIR = "trt"  # DIR/trt/<engine dir>/
-BUILD_JSON = "build.json"
-ENGINE_SUFFIX = ".engine"
-BUILD_FORMAT_VERSION = 1
-TRT_PRECISIONS = ("fp16", "fp32", "int8")  # also the preference order when several builds exist
-BUILD_HINT = "build on the target device (Jetson/GPU host) with `lphi-export MODEL --out DIR --trt`"
 QUANT_ERROR = (
     "TensorRT cannot consume onnxruntime's MatMulNBits int4/int8 weights (lphi-export --quant): "
     "export without --quant for --trt"
@@ -95,145 +96,12 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"TrtBuildConfig.{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
-def engine_dir_name(gpu_name: str, sm: tuple[int, int], trt_version: str, precision: str) -> str:
-    """ "NVIDIA H100 80GB HBM3", (9, 0), "10.3.0", "fp16" → "nvidia-h100-80gb-hbm3-sm90-trt10.3.0-fp16"."""
-    return f"{_slug(gpu_name) or 'gpu'}-sm{sm[0]}{sm[1]}-trt{_slug(trt_version)}-{_slug(precision)}"
-
-
-def _slug(text: str) -> str:
-    """Lowercase; runs of anything but [a-z0-9.] become one '-'; no leading/trailing '-' or '.'."""
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.")
-
-
-# ---- TensorRT and CUDA availability ----------------------------------------------------------------------------------
-def import_cudart():
-    """cuda-python's runtime API module: `cuda.bindings.runtime` (≥ 12.6) or `cuda.cudart` (older)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            raise LphiError(
-                f"TensorRT needs cuda-python (`pip install cuda-python`), which is not installed here: {BUILD_HINT}"
-            ) from None
-    return cudart
-
-
-def cuda_call(cudart, result: tuple, what: str) -> Any:
-    """Unpack a cuda-python result `(cudaError_t, *values)`; raise LphiError naming the call if it failed."""
-    err, *values = result
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise LphiError(f"CUDA call {what} failed: {cuda_error_name(cudart, err)}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def cuda_error_name(cudart, err) -> str:
-    try:
-        status, name = cudart.cudaGetErrorName(err)
-        if status == cudart.cudaError_t.cudaSuccess:
-            return name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:  # noqa: BLE001 - the name is only for the message
-        pass
-    return str(err)
-
-
-def gpu_info(cudart=None) -> tuple[str, tuple[int, int]]:
-    """(name, (major, minor)) of the current CUDA device, e.g. ("NVIDIA H100 80GB HBM3", (9, 0))."""
-    cudart = cudart or import_cudart()
-    device = cuda_call(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
-    props = cuda_call(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name
-    if isinstance(name, bytes):
-        name = name.split(b"\0", 1)[0].decode(errors="replace")
-    return str(name).strip(), (int(props.major), int(props.minor))
-
-
-def require_tensorrt():
-    """The `tensorrt` module, once it imports and a CUDA GPU is visible; LphiError (one line) otherwise."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError):  # not installed, or its libraries (libnvinfer) do not load
-        raise LphiError(f"TensorRT is not installed here (`import tensorrt` failed): {BUILD_HINT}") from None
-    cudart = import_cudart()
-    try:
-        count = cuda_call(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
-    except LphiError as e:
-        raise LphiError(f"no CUDA GPU is visible ({e}): {BUILD_HINT}") from None
-    if not count:
-        raise LphiError(f"no CUDA GPU is visible (cudaGetDeviceCount = 0): {BUILD_HINT}")
-    return trt
-
-
-_TRT_LOGGER = None  # one for the process: TensorRT wants it alive as long as anything it created
-
-
-def trt_logger(trt):
-    """A trt.ILogger that forwards TensorRT's messages to Python `logging` (logger 'lphi_edge.tensorrt')."""
-    global _TRT_LOGGER
-    if _TRT_LOGGER is None:
-        log = logging.getLogger("lphi_edge.tensorrt")
-        sev = trt.ILogger.Severity
-        levels = {
-            sev.INTERNAL_ERROR: logging.CRITICAL,
-            sev.ERROR: logging.ERROR,
-            sev.WARNING: logging.WARNING,
-            sev.INFO: logging.DEBUG,
-            sev.VERBOSE: logging.DEBUG,
-        }
-
-        class _LoggingBridge(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-
-            def log(self, severity, msg: str) -> None:
-                log.log(levels.get(severity, logging.INFO), "%s", msg)
-
-        _TRT_LOGGER = _LoggingBridge()
-    return _TRT_LOGGER
-
-
-# ---- engine directories ----------------------------------------------------------------------------------------------
-def source_hashes(manifest: Manifest) -> dict[str, str]:
-    """sha256 (from manifest["files"]) of each part's ONNX file and its external data."""
-    files = manifest.data["files"]
-    part_files = [manifest.part(p)["file"] for p in PARTS]
-    return {
-        name: meta["sha256"]
-        for name, meta in sorted(files.items())
-        if any(name == f or name.startswith(f + ".") for f in part_files)
-    }
-
-
-def read_build_info(engine_dir: Path) -> dict[str, Any] | None:
-    """The engine directory's build.json, or None when it is missing or unreadable."""
-    try:
-        data = json.loads((engine_dir / BUILD_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def engines_complete(engine_dir: Path) -> bool:
-    return all((engine_dir / f"{part}{ENGINE_SUFFIX}").is_file() for part in PARTS)
-
-
-def existing_engine_dirs(export_dir: str | os.PathLike) -> list[str]:
-    """Names of the directories under DIR/trt/ that hold a build.json (any GPU, version, precision)."""
-    root = Path(export_dir) / TRT_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / BUILD_JSON).is_file())
-
-
 # ---- build -----------------------------------------------------------------------------------------------------------
 def build_engines(export_dir: str | os.PathLike, config: TrtBuildConfig | None = None) -> Path:
     """Build (or reuse) the three engines for this GPU and TensorRT version; returns the engine directory."""
     trt = require_tensorrt()
     manifest = Manifest.load(export_dir)
-    config = (config or TrtBuildConfig()).resolve(int(manifest.text["context_length"]))
+    config = (config or TrtBuildConfig()).resolve(int(manifest.text.context_length))
     graphs = {part: _check_part(manifest, part, config, trt) for part in PARTS}
     gpu, sm = gpu_info()
     key = {  # what build.json must hold, identically, for a build to be reused
@@ -312,29 +180,29 @@ def _check_part(manifest: Manifest, part: str, config: TrtBuildConfig, trt) -> _
     meta = manifest.part(part)
     ops = _part_op_types(manifest.part_file(part))
     if ops is None:  # no onnx package: trust the manifest (lphi-export quantizes with MatMulNBits)
-        if meta.get("precision") in ("int8", "int4"):
-            raise ConfigError(f"{meta['file']}: {QUANT_ERROR}")
+        if meta.precision in ("int8", "int4"):
+            raise ConfigError(f"{meta.file}: {QUANT_ERROR}")
         ops = set()
     if ops & _ORT_QUANT_OPS:
-        raise ConfigError(f"{meta['file']} uses {sorted(ops & _ORT_QUANT_OPS)}: {QUANT_ERROR}")
+        raise ConfigError(f"{meta.file} uses {sorted(ops & _ORT_QUANT_OPS)}: {QUANT_ERROR}")
     if "GroupQueryAttention" in ops or (part == "decoder_model_merged" and manifest.kv_cache != "concat"):
-        raise ConfigError(f"{meta['file']}: {SHARED_KV_ERROR}")
+        raise ConfigError(f"{meta.file}: {SHARED_KV_ERROR}")
     graph = _PartGraph(
         has_qdq=bool(ops & _QDQ_OPS),
-        fp16_graph=meta.get("precision") == "fp16" or any(t.get("dtype") == "float16" for t in meta["inputs"]),
+        fp16_graph=meta.precision == "fp16" or any(t.dtype == "float16" for t in meta.inputs),
     )
     if config.precision == "int8" and part == "decoder_model_merged" and not graph.has_qdq:
         raise ConfigError(
-            f"TrtBuildConfig.precision='int8' needs Q/DQ (QuantizeLinear/DequantizeLinear) nodes in {meta['file']} "
+            f"TrtBuildConfig.precision='int8' needs Q/DQ (QuantizeLinear/DequantizeLinear) nodes in {meta.file} "
             f"and it has none; {QUANT_ERROR}, and use precision='fp16'"
         )
     if config.precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16") and not graph.fp16_graph:
         raise ConfigError(
             f"TrtBuildConfig.precision='fp16': TensorRT {trt.__version__} builds strongly typed networks only "
-            f"(no FP16 builder flag) and {meta['file']} is fp32: export with --fp16 for --trt, or use precision='fp32'"
+            f"(no FP16 builder flag) and {meta.file} is fp32: export with --fp16 for --trt, or use precision='fp32'"
         )
     if config.precision == "fp32" and graph.fp16_graph:
-        logger.warning("%s is an fp16 export: its fp32 engine keeps the fp16 weights and I/O", meta["file"])
+        logger.warning("%s is an fp16 export: its fp32 engine keeps the fp16 weights and I/O", meta.file)
     return graph
 
 
@@ -384,6 +252,8 @@ def _set_precision_flags(trt, build_config, precision: str, graph: _PartGraph) -
     """TensorRT 10 weak typing: FP16 (and INT8 where the part has Q/DQ) builder flags. TensorRT ≥ 11 has none:
     networks are strongly typed, the precision is the ONNX graph's own (checked in _check_part)."""
     flags = trt.BuilderFlag
+    if precision == "fp32" and hasattr(flags, "TF32"):  # on by default: fp32 engines would compute in TF32
+        build_config.clear_flag(flags.TF32)
     if precision in ("fp16", "int8") and hasattr(flags, "FP16"):
         build_config.set_flag(flags.FP16)
     if precision == "int8" and graph.has_qdq and hasattr(flags, "INT8"):

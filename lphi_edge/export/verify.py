@@ -33,8 +33,8 @@ import numpy as np
 
 from lphi_edge.assistant import Answer, Assistant
 from lphi_edge.data.shapes import sample_frames
-from lphi_edge.export.kv_quant import round_trip
-from lphi_edge.runtime.generation import ImageInput, Session
+from lphi_edge.format.kv_int8 import round_trip
+from lphi_edge.runtime.generation import ImageInput
 
 logger = logging.getLogger(__name__)
 
@@ -152,25 +152,25 @@ def verify(
     """Compare `exported` (any backend) with `reference` (the torch model) on fixed inputs."""
     report = VerificationReport(precision, kv_quant)
     frames = sample_frames(pairs, seed=seed)
-    ref_be, exp_be = reference.backend, exported.backend
-
-    pixels = reference.processor(frames[0])  # (1, 3, H, W)
-    ref_feats, exp_feats = ref_be.encode_images(pixels), exp_be.encode_images(pixels)  # (1, N, D)
-    report.parts["vision_features"] = Comparison.of(ref_feats, exp_feats)
+    # Each side's own pipeline (preprocessing, vision encoder) on the first frame: (N, D) features each.
+    prompt_ids, ref_image = reference.prompt_inputs(frames[0], PROMPTS[0])
+    exp_ids, exp_image = exported.prompt_inputs(frames[0], PROMPTS[0])
+    if exp_ids != prompt_ids:
+        report.failures.append("the export tokenizes the verification prompt differently from the checkpoint")
+    report.parts["vision_features"] = Comparison.of(ref_image[0].features, exp_image[0].features)
 
     # Prefill on the same spliced prompt (reference features for both), then teacher-forced decode.
-    prompt_ids = reference.tokenizer.encode_prompt(reference.template.prompt([(PROMPTS[0], None)]))
-    image = [ImageInput("verify", ref_feats[0])]
     forced = reference.ask(frames[0], PROMPTS[0], max_new_tokens=teacher_steps).token_ids
-    sessions = [Session(be, reference.tokenizer) for be in (ref_be, exp_be)]
-    logits = [s.prefill(prompt_ids, image)[0, -1] for s in sessions]  # (V,) each
+    sessions = [a.new_session() for a in (reference, exported)]
+    logits = [s.prefill(prompt_ids, ref_image)[0, -1] for s in sessions]  # (V,) each
     report.parts["prefill_logits"] = Comparison.of(*logits)
     caches = [s.cache.arrays() for s in sessions]  # each 2·L × (1, H, P, Dh)
     kv = [np.concatenate([a.ravel() for a in c]) for c in caches]
     report.parts["prefill_kv"] = Comparison.of(*kv)
     if kv_quant is not None:  # the int8 cache's own error: the reference cache through the export's rounding
         ref_tensors = caches[0]
-        trips = [round_trip(t, s) for t, s in zip(ref_tensors, exp_be.kv_scales)]  # (dequantized, clipped share)
+        scales = exported.backend.kv_scales  # (2·L, H, Dh)
+        trips = [round_trip(t, s) for t, s in zip(ref_tensors, scales)]  # (dequantized, clipped share) each
         per_tensor = [Comparison.of(t, q) for t, (q, _) in zip(ref_tensors, trips)]
         report.parts["kv_int8_round_trip"] = Comparison(  # the worst layer's key or value
             max(c.max_abs_diff for c in per_tensor), min(c.cosine for c in per_tensor)
@@ -181,7 +181,7 @@ def verify(
     if steps:
         report.parts["decode_logits"] = Comparison(max(c.max_abs_diff for c in steps), min(c.cosine for c in steps))
     # The whole pipeline: each side's own vision features, prefill and the same forced tokens.
-    rows = [_forced_logits(a, f[0], prompt_ids, forced) for a, f in ((reference, ref_feats), (exported, exp_feats))]
+    rows = [_forced_logits(a, prompt_ids, im, forced) for a, im in ((reference, ref_image), (exported, exp_image))]
     per_row = [Comparison.of(r, e) for r, e in zip(*rows)]  # (steps + 1) × (V,)
     report.parts["answer_logits"] = Comparison(max(c.max_abs_diff for c in per_row), min(c.cosine for c in per_row))
     errors = [report.parts[p].max_abs_diff for p in LOGIT_PARTS if p in report.parts]
@@ -209,10 +209,12 @@ def _answer_tokens(answer: Answer, eos: int) -> list[int]:
     return answer.token_ids + [eos] * (answer.finish_reason == "eos")
 
 
-def _forced_logits(assistant: Assistant, features: np.ndarray, prompt_ids: list[int], tokens: list[int]) -> np.ndarray:
+def _forced_logits(
+    assistant: Assistant, prompt_ids: list[int], images: list[ImageInput], tokens: list[int]
+) -> np.ndarray:
     """Next-token logits after the prompt and after each of `tokens`, teacher-forced: (len(tokens) + 1, V)."""
-    session = Session(assistant.backend, assistant.tokenizer)
-    rows = [session.prefill(prompt_ids, [ImageInput("verify", features)])[0, -1]]
+    session = assistant.new_session()
+    rows = [session.prefill(prompt_ids, images)[0, -1]]
     rows += [session.step(t)[0, -1] for t in tokens]
     return np.stack(rows)
 
@@ -231,10 +233,8 @@ def _divergence(
     eos = min(reference.eos_token_ids)
     a, b = _answer_tokens(ref_answer, eos), _answer_tokens(exp_answer, eos)
     step = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)  # neither is a prefix: both end at eos or limit
-    prompt_ids = reference.tokenizer.encode_prompt(reference.template.prompt([(prompt, None)]))
-    pixels = reference.processor(frame)  # (1, 3, H, W)
-    ref_row, exp_row = (  # (V,) each: the logits at `step`, both sides on the common prefix
-        _forced_logits(s, s.backend.encode_images(pixels)[0], prompt_ids, a[:step])[-1] for s in (reference, exported)
+    ref_row, exp_row = (  # (V,) each: the logits at `step`, each side's own pipeline on the common prefix
+        _forced_logits(s, *s.prompt_inputs(frame, prompt), a[:step])[-1] for s in (reference, exported)
     )
     bound = float(report.logit_error_bound or 0.0)
     margin = float(ref_row[a[step]] - ref_row[b[step]])
@@ -249,7 +249,7 @@ def _divergence(
 def classify(margin: float, report: VerificationReport) -> tuple[str, str]:
     """("near-tie" | "error", why): a near-tie is a margin within the report's logit-error bound, measured on
     logits that pass their precision's cosine gate (otherwise the measured error is not that precision's)."""
-    gate = COSINE_MIN.get(report.precision)
+    gate = None if report.kv_quant else COSINE_MIN.get(report.precision)  # an int8 cache's logits are not gated
     outside = [p for p in LOGIT_PARTS if gate is not None and p in report.parts and report.parts[p].cosine < gate]
     if outside:
         return "error", f"{', '.join(outside)} outside the {report.precision} gate: that error is not the precision's"

@@ -5,7 +5,7 @@
 
 Callbacks only store (newest frame, bounded prompt queue) — the model runs in the Answerer's thread, so
 the executor keeps serving while an answer is generated. Every parameter is validated by a
-set-parameter callback and takes effect: model / backend / device reload the model between answers,
+set-parameter callback and takes effect: model / backend / device / threads reload the model between answers,
 image_transport resubscribes, auto_prompt / auto_period_s re-arm the timer, the rest apply per answer.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -24,11 +25,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from lphi_edge.assistant import BACKENDS, Assistant, resolve_model_dir
-from lphi_edge.errors import LphiError
+from lphi_edge.assistant import BACKENDS, Assistant
+from lphi_edge.errors import ConfigError, LphiError
+from lphi_edge.format.shipped import resolve_model_dir
 from lphi_edge.ros.answerer import Answerer, AnswerSettings, Frame, FrameSlot, Prompt, PromptQueue, Reply
 from lphi_edge.ros.frames import FrameError, check_raw, decode_compressed
 from lphi_edge.ros.spin import run_node
+from lphi_edge.runtime.device import DEVICE_HELP, check_threads, cpu_count, parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,8 @@ IMAGE_QOS = QoSProfile(
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "model": ("shapes-demo", "checkpoint / export directory, or a shipped model name"),
     "backend": ("onnxruntime", f"one of {BACKENDS}"),
-    "device": ("cpu", "cpu | cuda"),
+    "device": ("cpu", DEVICE_HELP),
+    "threads": (0, "CPU threads (1..CPU count): torch's (process-wide) and onnxruntime's intra-op; 0 = their defaults"),
     "max_new_tokens": (32, "tokens per answer at most (1..4096)"),
     "temperature": (0.0, "0 = greedy; > 0 samples"),
     "queue_size": (4, "pending prompts kept; overflow drops the oldest (1..1000)"),
@@ -54,11 +58,27 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 }
 
 
+MODEL_PARAMETERS = ("model", "backend", "device", "threads")  # a change reloads the model
+
+
+def _passes(check: Callable[[Any], Any], value: Any) -> bool:
+    """Whether the shared validator `check` (lphi_edge.runtime.device) accepts `value`."""
+    try:
+        check(value)
+    except ConfigError:
+        return False
+    return True
+
+
 def check_parameter(name: str, value: Any) -> str | None:
     """None if `value` is valid for `name`, else the reason."""
     checks = {
         "backend": (value in BACKENDS, f"must be one of {BACKENDS}"),
-        "device": (value in ("cpu", "cuda"), "must be cpu or cuda"),
+        "device": (_passes(parse_device, value), f"must be {DEVICE_HELP}"),
+        "threads": (
+            (type(value) is int and value == 0) or _passes(check_threads, value),
+            f"must be 0 (the libraries' defaults) or an integer in 1..{cpu_count()} (this machine's CPU count)",
+        ),
         "max_new_tokens": (isinstance(value, int) and 1 <= value <= 4096, "must be an integer in 1..4096"),
         "temperature": (isinstance(value, float) and value >= 0, "must be a float ≥ 0"),
         "queue_size": (isinstance(value, int) and 1 <= value <= 1000, "must be an integer in 1..1000"),
@@ -79,9 +99,17 @@ def check_parameter(name: str, value: Any) -> str | None:
     return None if ok else f"{name}={value!r} {reason}"
 
 
+def engine_threads(assistant: Assistant) -> str:
+    """The CPU thread pools the engine runs with, read back from its library: "torch=4" / "onnxruntime_intra_op=2,
+    onnxruntime_inter_op=1" (0: the library's default) / "" (TensorRT: none)."""
+    settings = assistant.backend.thread_settings()
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if k != "note")
+
+
 def load_assistant(key: tuple) -> Assistant:
-    model, backend, device = key
-    return Assistant.from_pretrained(model, backend=backend, device=device)
+    """The Assistant for a model key (the MODEL_PARAMETERS' values); threads 0 = the libraries' defaults."""
+    model, backend, device, threads = key
+    return Assistant.from_pretrained(model, backend=backend, device=device, threads=threads or None)
 
 
 class VqaNode(Node):
@@ -130,9 +158,8 @@ class VqaNode(Node):
         if not hasattr(self, "worker"):  # initial declarations: applied by __init__
             return SetParametersResult(successful=True)
         changed = {p.name: p.value for p in params}
-        if {"model", "backend", "device"} & changed.keys():
-            names = ("model", "backend", "device")
-            self.worker.want_model(tuple(changed.get(n, v) for n, v in zip(names, self._model_key())))
+        if changed.keys() & set(MODEL_PARAMETERS):
+            self.worker.want_model(tuple(changed.get(n, v) for n, v in zip(MODEL_PARAMETERS, self._model_key())))
         if "queue_size" in changed:
             for dropped in self.prompts.resize(changed["queue_size"]):
                 self.get_logger().warning(f"queue_size lowered: dropped prompt {dropped.text!r}")
@@ -143,7 +170,7 @@ class VqaNode(Node):
         return SetParametersResult(successful=True)
 
     def _model_key(self) -> tuple:
-        return (self._p("model"), self._p("backend"), self._p("device"))
+        return tuple(self._p(n) for n in MODEL_PARAMETERS)
 
     def _settings(self) -> AnswerSettings:
         return AnswerSettings(
@@ -218,6 +245,7 @@ class VqaNode(Node):
     def _publish_reply(self, reply: Reply) -> None:
         self.answer_pub.publish(String(data=reply.text))
         values = {"prompt": reply.prompt.text, "prompt_source": reply.prompt.source, "answer": reply.text}
+        values["engine_threads"] = engine_threads(self.worker.assistant)  # this thread owns it: no reload now
         waited_ms = (reply.finished_ns - reply.prompt.queued_ns) / 1e6 - reply.timings.get("total_ms", 0.0)
         values["queue_wait_ms"] = f"{waited_ms:.1f}"
         if reply.frame is not None:
@@ -248,7 +276,7 @@ class VqaNode(Node):
             "queue_length": len(self.prompts),
             "answers": self.worker.answered if hasattr(self, "worker") else 0,
         }
-        model, backend, device = self._model_key()
+        model, backend, device, _ = self._model_key()
         status = DiagnosticStatus(
             level=level,
             name=f"{self.get_fully_qualified_name()}: vqa",

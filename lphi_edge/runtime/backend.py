@@ -8,11 +8,12 @@ so a decode step never copies the whole cache between host and device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from lphi_edge.errors import ConfigError
+from lphi_edge.format.manifest import TextConfig
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ class ModelSpec:
                 raise ConfigError(f"ModelSpec.{name} must be a positive integer, got {value!r}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelSpec:
-        """From a dict holding (at least) the fields, e.g. an export manifest's text_config."""
-        return cls(**{name: d[name] for name in cls.__dataclass_fields__})
+    def from_text_config(cls, text: TextConfig) -> ModelSpec:
+        """From an export manifest's text_config."""
+        return cls(**{name: getattr(text, name) for name in cls.__dataclass_fields__})
 
 
 @runtime_checkable
@@ -58,13 +59,19 @@ class KVCache(Protocol):
         """Keep only the first `length` positions."""
         ...
 
+    def arrays(self) -> list[np.ndarray]:
+        """The cached keys and values on the host, as the values they stand for (an int8 cache dequantized):
+        2 · layers arrays f32 [B, H, P, Dh] in past_key_values order (key, value per layer). A copy, for
+        verification, calibration and inspection — never on the per-token path."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):
     """Numpy in, numpy out. Shapes: B batch, S new positions, P cached positions, D hidden, V vocab."""
 
     name: str  # "torch" | "onnxruntime" | "tensorrt"
-    device: str  # "cpu" | "cuda"
+    device: str  # "cpu" | "cuda" | "cuda:N" (N > 0; GPU 0 is "cuda")
     precision: str  # "fp32" | "fp16" | "bf16" | "int8" | "int4"
     spec: ModelSpec
 
@@ -89,4 +96,9 @@ class Backend(Protocol):
     ) -> tuple[np.ndarray, KVCache]:
         """One forward pass; returns (logits f32 [B, S', V] with S' ≤ S — at least the last position —,
         the cache extended by S positions)."""
+        ...
+
+    def thread_settings(self) -> dict[str, Any]:
+        """The CPU thread pools this engine runs with, read back from its library (e.g. {"torch": 4}); {} when
+        it has none (TensorRT). Benchmarks and the ROS node's diagnostics record it."""
         ...

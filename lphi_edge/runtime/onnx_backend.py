@@ -3,6 +3,9 @@
 CPU: numpy feeds, the KV cache kept as numpy arrays. CUDA: IO binding, the KV cache kept as
 OrtValues on the GPU, so a decode step copies only the new token's embedding in and its logits out.
 The provider that really runs is checked: asking for CUDA never falls back to CPU silently.
+`device="cuda:N"` runs on GPU N (the CUDA / TensorRT providers' device_id, and every OrtValue the backend
+allocates lives there); `threads=N` sets the sessions' intra-op thread pool (inter-op: 1, the graphs run
+sequentially).
 
 Exports made with `--kv-cache shared` (GroupQueryAttention decoder): the cache is one preallocated
 buffer per past tensor, bound through IO binding as both the decoder's past input and its present
@@ -20,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError
-from lphi_edge.export.manifest import PARTS, Manifest, decoder_io_names
+from lphi_edge.format.kv_int8 import dequantize, load_scales
+from lphi_edge.format.manifest import MANIFEST, PARTS, Manifest, decoder_io_names
 from lphi_edge.runtime.backend import ModelSpec
+from lphi_edge.runtime.device import check_threads, parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +43,14 @@ PROVIDERS = {
 }
 
 
-def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """An int8 cache tensor [B, H, P, Dh] as the values it stands for: q · scale, scale [H, Dh] per channel."""
-    return q.astype(np.float32) * scale[None, :, None, :]
+def providers_for(provider: str, device_id: int = 0) -> list[str | tuple[str, dict[str, str]]]:
+    """The execution providers to ask onnxruntime for, most preferred first; the GPU ones on `device_id`."""
+    if provider not in PROVIDERS:
+        raise ConfigError(f"onnxruntime provider {provider!r} unknown: expected one of {sorted(PROVIDERS)}")
+    return [
+        name if name == "CPUExecutionProvider" else (name, {"device_id": str(device_id)})
+        for name in PROVIDERS[provider]
+    ]
 
 
 def _import_ort():
@@ -52,11 +62,12 @@ def _import_ort():
 
 
 class OrtCache:
-    """past_key_values.{i}.key|value for every layer: numpy arrays (CPU) or OrtValues (CUDA)."""
+    """past_key_values.{i}.key|value for every layer: numpy arrays (CPU) or OrtValues (CUDA, on GPU `device_id`)."""
 
-    def __init__(self, tensors: list[Any], seq_len: int):
+    def __init__(self, tensors: list[Any], seq_len: int, device_id: int = 0):
         self.tensors = tensors  # 2 × layers, each [B, H, P, Dh]
         self._seq_len = seq_len
+        self.device_id = device_id
 
     @property
     def seq_len(self) -> int:
@@ -73,7 +84,7 @@ class OrtCache:
                 import onnxruntime as ort
 
                 arr = np.ascontiguousarray(t.numpy()[:, :, :length])
-                cropped.append(ort.OrtValue.ortvalue_from_numpy(arr, t.device_name(), 0))
+                cropped.append(ort.OrtValue.ortvalue_from_numpy(arr, t.device_name(), self.device_id))
         self.tensors, self._seq_len = cropped, length
 
     def arrays(self) -> list[np.ndarray]:
@@ -97,10 +108,12 @@ class SharedKVCache:
         device: str,
         limit: int,
         scales: np.ndarray | None = None,
+        device_id: int = 0,
     ):
         self._shape = shape  # (B, H, Dh)
         self.scales = scales  # (count, H, Dh) for an int8 cache
         self._count, self._dtype, self._device, self._limit = count, dtype, device, limit
+        self._device_id = device_id  # the GPU the buffers live on (device "cuda")
         self._seq_len, self.capacity = 0, 0
         self.buffers: list[np.ndarray] = []  # CPU: the memory the OrtValues wrap
         self.values: list[Any] = []  # OrtValues [B, H, capacity, Dh]
@@ -132,7 +145,7 @@ class SharedKVCache:
             arr = np.zeros((b, h, capacity, dh), dtype=self._dtype)
             if held:
                 arr[:, :, : self._seq_len] = held[k][:, :, : self._seq_len]
-            values.append(ort.OrtValue.ortvalue_from_numpy(arr, self._device, 0))
+            values.append(ort.OrtValue.ortvalue_from_numpy(arr, self._device, self._device_id))
             if self._device == "cpu":
                 buffers.append(arr)  # the OrtValue wraps this memory
         if self.capacity:
@@ -152,44 +165,52 @@ class SharedKVCache:
 
 
 class OnnxBackend:
-    """Backend protocol over the three ONNX parts of an export directory."""
+    """Backend protocol over the three ONNX parts of an export directory.
+
+    device: "cpu", "cuda" or "cuda:N" (the provider defaults to its kind); provider: cpu | cuda | tensorrt
+    to choose the execution provider explicitly; threads: intra-op threads of every session (1..CPU count;
+    None: onnxruntime's default, one per physical core).
+    """
 
     name = "onnxruntime"
 
     def __init__(
         self, manifest: Manifest, device: str = "cpu", provider: str | None = None, threads: int | None = None
     ):
+        dev = parse_device(device)
+        threads = check_threads(threads)
         ort = _import_ort()
         self.manifest = manifest
-        self.device = device
+        self.device = str(dev)
         self.precision = manifest.precision
-        provider = provider or device
-        if provider not in PROVIDERS:
-            raise ConfigError(f"onnxruntime provider {provider!r} unknown: expected one of {sorted(PROVIDERS)}")
-        wanted = PROVIDERS[provider]
+        wanted = providers_for(provider or dev.kind, dev.index)
+        first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
         available = ort.get_available_providers()
-        if wanted[0] not in available:
+        if first not in available:
             raise ConfigError(
-                f"{wanted[0]} is not available in this onnxruntime ({ort.__version__}; has {available}): "
+                f"{first} is not available in this onnxruntime ({ort.__version__}; has {available}): "
                 "install onnxruntime-gpu for CUDA/TensorRT, or use device='cpu'"
             )
         options = ort.SessionOptions()
-        if threads:
+        if threads is not None:
             options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1  # sequential execution: the inter-op pool is not used
         self.sessions = {}
         for part in PARTS:
             path = manifest.part_file(part)
             try:
                 sess = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-                raise CheckpointError(f"onnxruntime cannot load {path}: {e}") from None
-            if sess.get_providers()[0] != wanted[0]:
-                raise ConfigError(f"{path.name} runs on {sess.get_providers()[0]}, not {wanted[0]} as asked")
+                where = f" on {first} device_id {dev.index}" if first != "CPUExecutionProvider" else ""
+                raise CheckpointError(f"onnxruntime cannot load {path}{where}: {e}") from None
+            if sess.get_providers()[0] != first:
+                raise ConfigError(f"{path.name} runs on {sess.get_providers()[0]}, not {first} as asked")
             self._check_io(part, sess)
             self.sessions[part] = sess
-        self.provider = wanted[0]
+        self.provider = first
+        self._device_id = dev.index  # where OrtValues and bound outputs live on a GPU provider
         logger.info("onnxruntime %s: %s parts on %s", ort.__version__, self.precision, self.provider)
-        self.spec = ModelSpec.from_dict(manifest.text)
+        self.spec = ModelSpec.from_text_config(manifest.text)
         dec = self.sessions["decoder_model_merged"]
         self._dtypes = {i.name: _ORT_TYPES[i.type] for s in self.sessions.values() for i in s.get_inputs()}
         self._past_names = decoder_io_names(self.spec.num_layers)[0][3:]  # past_key_values.{i}.key|value
@@ -201,20 +222,24 @@ class OnnxBackend:
         self.kv_scales = self._load_kv_scales() if self.kv_quant else None  # (2·L, H, Dh) of an int8 cache
 
     def _load_kv_scales(self) -> np.ndarray:
-        path = self.manifest.path / self.kv_quant["scales"]
-        try:
-            scales = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: cannot read the int8 KV cache scales ({e}): re-export") from None
-        want = (len(self._past_names), self.spec.num_kv_heads, self.spec.head_dim)
-        if scales.shape != want or scales.dtype != np.float32 or self._kv_dtype != np.int8:
+        path = self.manifest.path / self.kv_quant.scales
+        if self._kv_dtype != np.int8:
             raise CheckpointError(
-                f"{path}: int8 KV cache scales {scales.dtype} {scales.shape} for a decoder cache of "
-                f"{np.dtype(self._kv_dtype).name}: expected float32 {want}; re-export"
+                f"{path}: int8 KV cache scales for a decoder cache of {np.dtype(self._kv_dtype).name}: re-export"
             )
-        if not (np.isfinite(scales).all() and (scales > 0).all()):
-            raise CheckpointError(f"{path}: int8 KV cache scales must be finite and > 0; re-export")
-        return scales
+        return load_scales(path, (len(self._past_names), self.spec.num_kv_heads, self.spec.head_dim))
+
+    def thread_settings(self) -> dict[str, Any]:
+        """The thread pools the sessions actually run with, read back from onnxruntime. 0 is onnxruntime's
+        default: one intra-op thread per physical core (recorded as 0, with a note)."""
+        opts = self.sessions["decoder_model_merged"].get_session_options()
+        out: dict[str, Any] = {
+            "onnxruntime_intra_op": opts.intra_op_num_threads,
+            "onnxruntime_inter_op": opts.inter_op_num_threads,
+        }
+        if not opts.intra_op_num_threads:
+            out["note"] = "0 = onnxruntime's default (one intra-op thread per physical core)"
+        return out
 
     @classmethod
     def from_export_dir(
@@ -226,13 +251,13 @@ class OnnxBackend:
         """The graph's tensor names must be those the manifest declares (and DESIGN.md fixes)."""
         meta = self.manifest.part(part)
         for kind, actual in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
-            want = [t["name"] for t in meta[kind]]
+            want = [t.name for t in getattr(meta, kind)]
             got = [t.name for t in actual]
             if got != want:
                 missing = [n for n in want if n not in got]
                 extra = [n for n in got if n not in want]
                 raise CheckpointError(
-                    f"{meta['file']}: graph {kind} do not match {self.manifest.path / 'manifest.json'}: "
+                    f"{meta.file}: graph {kind} do not match {self.manifest.path / MANIFEST}: "
                     f"missing {missing}, unexpected {extra}"
                 )
 
@@ -253,14 +278,21 @@ class OnnxBackend:
             shape = (batch_size, self.spec.num_kv_heads, self.spec.head_dim)
             device = "cuda" if self._cuda else "cpu"
             return SharedKVCache(
-                shape, len(self._past_names), self._kv_dtype, device, self.spec.context_length, self.kv_scales
+                shape,
+                len(self._past_names),
+                self._kv_dtype,
+                device,
+                self.spec.context_length,
+                self.kv_scales,
+                self._device_id,
             )
         shape = (batch_size, self.spec.num_kv_heads, 0, self.spec.head_dim)
         empty = np.zeros(shape, dtype=self._kv_dtype)
         if self._cuda:
             import onnxruntime as ort
 
-            return OrtCache([ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in self._past_names], 0)
+            values = [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", self._device_id) for _ in self._past_names]
+            return OrtCache(values, 0, self._device_id)
         return OrtCache([empty for _ in self._past_names], 0)
 
     def decode(
@@ -287,10 +319,10 @@ class OnnxBackend:
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
         for name in self._out_names[1:]:
-            binding.bind_output(name, "cuda")  # present stays on the GPU
+            binding.bind_output(name, "cuda", self._device_id)  # present stays on the GPU
         sess.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
-        return logits.numpy().astype(np.float32, copy=False), OrtCache(present, past.seq_len + s)
+        return logits.numpy().astype(np.float32, copy=False), OrtCache(present, past.seq_len + s, self._device_id)
 
     def _feeds(
         self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray

@@ -1,11 +1,14 @@
 """The PyTorch reference backend: the checkpoint itself, fp32 / fp16 / bf16, CPU or CUDA.
 
 On CUDA, decode steps replay a captured CUDA graph: eager decode of a 32-layer model is bound by
-kernel launches (16–23 ms per token on an H200 where reading the fp16 weights takes 1.3 ms), and a
-graph launches the whole step at once. The graph needs fixed addresses, so that path keeps the KV
+kernel launches, not by reading the weights (measured in benchmarks/README.md), and a graph launches the
+whole step at once. The graph needs fixed addresses, so that path keeps the KV
 cache in transformers' StaticCache (preallocated to the context length, one per backend, reused across
 conversations) and feeds a prepared 4-D additive mask; prefill stays eager. `static_cache=True`
 without graphs runs the same cache path anywhere (the CPU tests check it against the dynamic cache).
+
+`device="cuda:N"` puts the model on GPU N (the graph is captured there too); `threads=N` is
+torch.set_num_threads(N), which is process-wide: every torch model in the process runs with N threads.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from lphi_edge.errors import ConfigError
 from lphi_edge.model.checkpoint import DTYPE_NAMES, load_checkpoint
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 from lphi_edge.runtime.backend import ModelSpec
+from lphi_edge.runtime.device import check_threads, parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +122,16 @@ class _DecodeGraph:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    """The device "cpu" / "cuda" / "cuda:N" as a torch device that exists here (else ConfigError naming it)."""
+    dev = parse_device(device)
+    if not dev.is_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU (torch {torch.__version__})")
-    return torch.device(device)
+    count = torch.cuda.device_count()
+    if dev.index >= count:
+        raise ConfigError(f"device {device!r} requested but torch sees {count} CUDA GPU(s): indices 0..{count - 1}")
+    return torch.device("cuda", dev.index)
 
 
 class TorchBackend:
@@ -143,8 +152,12 @@ class TorchBackend:
         self._static: StaticCache | None = None
         self._graph: _DecodeGraph | None = None
         self._epoch = 0
-        self.device = model.device.type
+        self.device = str(parse_device(str(model.device)))  # "cpu", "cuda" (GPU 0) or "cuda:N"
         self.precision = DTYPE_NAMES[model.dtype]
+        if on_cuda and self.precision == "fp32":
+            # fp32 means fp32: cuDNN would run the patch-embedding convolution in TF32 by default (matmuls
+            # already default to full fp32), which moves logits by ~1e-3 and can flip a reference's near-tie.
+            torch.backends.cudnn.allow_tf32 = False
         self.spec = ModelSpec(
             hidden_size=cfg.text.hidden_size,
             vocab_size=cfg.text.vocab_size,
@@ -157,9 +170,22 @@ class TorchBackend:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str = "cpu", dtype: str = "fp32", cuda_graphs: bool | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        cuda_graphs: bool | None = None,
+        threads: int | None = None,
     ) -> TorchBackend:
-        return cls(load_checkpoint(path, dtype=dtype, device=resolve_device(device)), cuda_graphs=cuda_graphs)
+        """The checkpoint at `path` on `device` in `dtype`; `threads`: torch.set_num_threads (process-wide)."""
+        torch_device = resolve_device(device)
+        if check_threads(threads) is not None:
+            torch.set_num_threads(threads)  # before loading: the weights' conversion uses the pool too
+        return cls(load_checkpoint(path, dtype=dtype, device=torch_device), cuda_graphs=cuda_graphs)
+
+    def thread_settings(self) -> dict[str, int]:
+        """The CPU threads this engine runs with, read back from torch (process-wide: torch.set_num_threads)."""
+        return {"torch": torch.get_num_threads()}
 
     def _to_torch(self, a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.model.device, dtype)
@@ -226,7 +252,8 @@ class TorchBackend:
         positions = self._to_torch(position_ids)  # (1, S)
         if self.cuda_graphs and s == 1 and start > 0:
             if self._graph is None:
-                self._graph = _DecodeGraph(self, past.cache, self.spec.context_length)
+                with torch.cuda.device(self.model.device):  # capture on the model's GPU, not the current one
+                    self._graph = _DecodeGraph(self, past.cache, self.spec.context_length)
             logits = self._graph.run(embeds, mask, positions)
         else:
             logits = self.model(embeds, mask, positions, cache=past.cache, logits_to_keep=1).logits

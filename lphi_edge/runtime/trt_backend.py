@@ -5,6 +5,10 @@ Imports neither torch nor transformers: device memory is managed with cuda-pytho
 driven through TensorRT 10's name-based API (set_input_shape, set_tensor_address, execute_async_v3).
 The KV cache stays on the GPU between steps (`TrtCache`): a decode step copies in only the new
 embeddings, mask and positions, and copies out only the last position's logits.
+
+The engines run on the process's current GPU (device "cuda" / "cuda:0"); "cuda:N" for N > 0 is refused
+rather than half-honoured (the execution contexts, stream and buffers would all have to follow that GPU
+from every calling thread): select GPU N with CUDA_VISIBLE_DEVICES=N and device "cuda".
 """
 
 from __future__ import annotations
@@ -20,24 +24,21 @@ from typing import Any
 import numpy as np
 
 from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError, LphiError
-from lphi_edge.export.manifest import PARTS, Manifest, decoder_io_names
-from lphi_edge.export.tensorrt import (
+from lphi_edge.format.engines import (
     BUILD_HINT,
     ENGINE_SUFFIX,
     TRT_DIR,
     TRT_PRECISIONS,
-    cuda_call,
     engine_dir_name,
     engines_complete,
     existing_engine_dirs,
-    gpu_info,
-    import_cudart,
     read_build_info,
-    require_tensorrt,
     source_hashes,
-    trt_logger,
 )
+from lphi_edge.format.manifest import PARTS, Manifest, decoder_io_names
 from lphi_edge.runtime.backend import ModelSpec
+from lphi_edge.runtime.cuda_trt import cuda_call, gpu_info, import_cudart, require_tensorrt, trt_logger
+from lphi_edge.runtime.device import parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,16 @@ class TrtCache:
             self._free(cropped)
             raise
         self.replace(cropped, length)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The cache on the host: one copy per tensor [B, H, P, Dh] (inspection and verification, never per token)."""
+        if self.closed or self._mem.closed:
+            raise LphiError("this TensorRT KV cache (or its backend) was closed: start a new one with new_cache()")
+        out = [np.empty(t.shape, t.dtype) for t in self.tensors]
+        for host, t in zip(out, self.tensors):
+            self._mem.to_host(host, t.ptr)
+        self._mem.synchronize()
+        return out
 
     def replace(self, tensors: list[DeviceTensor], seq_len: int) -> None:
         """Take ownership of `tensors` as the cache (seq_len positions); free the previous buffers."""
@@ -321,6 +332,19 @@ class _Engine:
 
 
 # ---- backend ---------------------------------------------------------------------------------------------------------
+def check_trt_device(device: str) -> str:
+    """The device string for "cuda" / "cuda:0"; the CPU and other GPU indices → ConfigError saying what to do."""
+    dev = parse_device(device)
+    if not dev.is_cuda:
+        raise ConfigError(f"the tensorrt backend runs on a GPU, not on {device!r}: use device 'cuda'")
+    if dev.index != 0:
+        raise ConfigError(
+            f"the tensorrt backend runs on the process's first GPU only, not {device!r}: select GPU {dev.index} "
+            f"with CUDA_VISIBLE_DEVICES={dev.index} and use device 'cuda'"
+        )
+    return str(dev)
+
+
 def find_engine_dir(
     export_dir: str | os.PathLike,
     precision: str | None = None,
@@ -350,16 +374,16 @@ class TrtBackend:
     """Backend protocol over the three TensorRT engines of an export directory (see module docstring)."""
 
     name = "tensorrt"
-    device = "cuda"
 
-    def __init__(self, manifest: Manifest, engine_dir: str | os.PathLike):
+    def __init__(self, manifest: Manifest, engine_dir: str | os.PathLike, device: str = "cuda"):
+        self.device = check_trt_device(device)
         trt = require_tensorrt()
         self.manifest, self.engine_dir = manifest, Path(engine_dir)
         info = self._check_build(trt)
         self.precision: str = info["precision"]
         self.max_context = int(info["config"]["max_context"])
         self.max_batch = int(info["config"]["max_batch"])
-        self.spec = ModelSpec.from_dict(manifest.text)
+        self.spec = ModelSpec.from_text_config(manifest.text)
         past, present = decoder_io_names(self.spec.num_layers)
         self._past, self._present = past[3:], present[1:]
         self._mem = CudaMemory()
@@ -382,12 +406,14 @@ class TrtBackend:
         *,
         precision: str | None = None,
         verify_checksums: bool = False,
+        device: str = "cuda",
     ) -> TrtBackend:
         """Engines under DIR/trt/ for this GPU and TensorRT version (or `engine_dir`). Checksums of the ONNX
         files are not re-hashed by default: the engines, not the ONNX, run here; build.json's source hashes are
         still compared with the manifest's."""
+        check_trt_device(device)  # before looking for engines: a wrong device is the error to report
         manifest = Manifest.load(path, verify_checksums=verify_checksums)
-        return cls(manifest, engine_dir if engine_dir is not None else find_engine_dir(path, precision))
+        return cls(manifest, engine_dir if engine_dir is not None else find_engine_dir(path, precision), device)
 
     def _check_build(self, trt: Any) -> dict[str, Any]:
         """build.json must exist, name this TensorRT version and the manifest's current ONNX files."""
@@ -408,6 +434,10 @@ class TrtBackend:
                 f"holds (re-exported?): {BUILD_HINT}"
             )
         return info
+
+    def thread_settings(self) -> dict[str, int]:
+        """CPU thread pools this engine runs with: none (the engines run on the GPU)."""
+        return {}
 
     # ---- protocol ----------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from launch_ros.actions import Node
 ARGUMENTS = {
     "model": ("", "checkpoint / export directory or shipped model name (default: the params file's)"),
     "backend": ("", "torch | onnxruntime | tensorrt (default: the params file's)"),
-    "device": ("", "cpu | cuda (default: the params file's)"),
+    "device": ("", "cpu | cuda | cuda:N (default: the params file's)"),
     "params_file": ("", "vqa_node parameters YAML (default: this package's config/vqa.yaml)"),
     "image_topic": ("image", "camera topic the node subscribes to (sensor_msgs/Image)"),
     "camera": ("false", "also start camera_node publishing on image_topic"),
