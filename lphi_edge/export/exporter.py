@@ -3,8 +3,9 @@
     export_model("ckpt", "out", ExportConfig(fp16=True))
 
 Steps (a progress bar over them): export the three parts (fp32) → fp16 / weight-only int8|int4 →
-(an int8 KV cache: scales calibrated on the PyTorch model) → tokenizer and manifest → verification
-against the PyTorch model → move into place. The loaded fp32 model is the export's source, the
+(an int8 KV cache: scales calibrated on the PyTorch model) → tokenizer and manifest → golden data (what the
+PyTorch model is fed and answers; always, so any machine can `lphi-verify` the export) → verification of the
+export against it (unless --no-verify) → move into place. The loaded fp32 model is the export's source, the
 calibration's and the verification's reference: one copy in memory. Everything is written in a hidden
 `.<out>.partial-*` directory next to `out` (`lphi_edge.atomic`); a failure or a kill leaves no `out` that
 looks finished, and the next export clears stale partial directories.
@@ -33,6 +34,7 @@ from lphi_edge.export import onnx_parts
 from lphi_edge.export.config import GQA_HEAD_MULTIPLE, ExportConfig
 from lphi_edge.export.kv_quant import calibrate, check_graph_scales, kv_scales, quantize_kv_cache, write_scales
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
+from lphi_edge.format.golden import GOLDEN_ARRAYS, GOLDEN_META, Golden
 from lphi_edge.format.manifest import (
     FORMAT_VERSION,
     FORMAT_VERSION_INT8_KV,
@@ -103,7 +105,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
     for noisy in ("onnx_ir", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with atomic_directory(out) as tmp:
-        stages = [*PARTS, "precision", *["kv-calibration"] * (config.kv_quant is not None), "manifest"]
+        stages = [*PARTS, "precision", *["kv-calibration"] * (config.kv_quant is not None), "manifest", "golden"]
         stages += ["verify"] * config.verify
         bar = tqdm(stages, desc="lphi-export", unit="stage")
         timings: dict[str, float] = {}
@@ -120,8 +122,10 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
                 for f in tokenizer_files(model_dir):
                     shutil.copy2(f, tmp / f.name)
                 _write_manifest(tmp, model_dir, model, tokenizer, config, calibration)
+            elif stage == "golden":
+                _golden(tmp, reference(), config)
             else:
-                _verify(tmp, reference(), config)
+                _verify(tmp, config)
             timings[stage] = round(time.perf_counter() - t0, 2)
         logger.info("export stages (s): %s", timings)
         if config.trt:
@@ -228,18 +232,24 @@ def _write_manifest(
     ).write()
 
 
-def _verify(tmp: Path, reference: Assistant, config: ExportConfig) -> None:
+def _golden(tmp: Path, reference: Assistant, config: ExportConfig) -> None:
+    """What the PyTorch model is fed and answers on the verification's inputs, stored in the export and listed
+    (hashed) in its manifest, so `lphi-verify` can re-check the export anywhere."""
+    from lphi_edge.export.verify import make_golden
+
+    make_golden(reference, pairs=config.verify_pairs).save(tmp)
+    manifest = Manifest.load(tmp, verify_checksums=False)
+    replace(manifest, golden={"arrays": GOLDEN_ARRAYS, "meta": GOLDEN_META}).with_files().write()
+
+
+def _verify(tmp: Path, config: ExportConfig) -> None:
     from lphi_edge.assistant import Assistant
-    from lphi_edge.export.verify import report_table, verify
+    from lphi_edge.export.verify import check, report_table
 
     exported = Assistant.from_pretrained(tmp, backend="onnxruntime")
-    report = verify(
-        reference,
-        exported,
-        config.precision,
-        pairs=config.verify_pairs,
-        min_token_match=config.min_token_match,
-        kv_quant=config.kv_quant,
+    golden = Golden.load(tmp)
+    report = check(
+        exported, golden, config.precision, min_token_match=config.min_token_match, kv_quant=config.kv_quant
     ).to_dict()
     logger.info("verification of the %s export:\n%s", config.precision, report_table(report))
     replace(Manifest.load(tmp, verify_checksums=False), verification=report).write()

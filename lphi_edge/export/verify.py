@@ -1,8 +1,12 @@
 """Exported engines against the PyTorch model: per-part numbers and end-to-end greedy tokens.
 
-Both sides run behind the same Backend protocol and generation loop, on fixed inputs:
-  vision features · prefill logits and KV · decode logits teacher-forced over several steps ·
-  greedy answers for several frame/prompt pairs.
+Two halves, so that any machine can re-check an export without torch or the checkpoint:
+  `make_golden` runs the PyTorch model (behind the Assistant API) on fixed inputs and records what it was
+  fed and what it answered (`lphi_edge.format.golden`, stored in every export); `check` runs an exported
+  Assistant on the same inputs and judges it against that record — at export time and in `lphi-verify`.
+Checked points: preprocessing (pixel values) · vision features · prefill logits and a sample of the KV
+cache · decode logits teacher-forced over several steps · the same logits through the export's whole
+pipeline · greedy answers for several frame/prompt pairs.
 Thresholds by precision: fp32 cosine ≥ 0.99999, fp16 cosine ≥ 0.999, and for both no greedy divergence
 that the precision's measured logit error cannot explain; int8 / int4 report their token-match rate and
 cosine (no gate beyond finite outputs).
@@ -33,6 +37,7 @@ import numpy as np
 
 from lphi_edge.assistant import Answer, Assistant
 from lphi_edge.data.shapes import sample_frames
+from lphi_edge.format.golden import TOPK, Golden
 from lphi_edge.format.kv_int8 import round_trip
 from lphi_edge.runtime.generation import ImageInput
 
@@ -149,56 +154,122 @@ def verify(
     min_token_match: float | None = None,
     kv_quant: str | None = None,
 ) -> VerificationReport:
-    """Compare `exported` (any backend) with `reference` (the torch model) on fixed inputs."""
-    report = VerificationReport(precision, kv_quant)
-    frames = sample_frames(pairs, seed=seed)
-    # Each side's own pipeline (preprocessing, vision encoder) on the first frame: (N, D) features each.
-    prompt_ids, ref_image = reference.prompt_inputs(frames[0], PROMPTS[0])
-    exp_ids, exp_image = exported.prompt_inputs(frames[0], PROMPTS[0])
-    if exp_ids != prompt_ids:
-        report.failures.append("the export tokenizes the verification prompt differently from the checkpoint")
-    report.parts["vision_features"] = Comparison.of(ref_image[0].features, exp_image[0].features)
+    """Compare `exported` (any backend) with `reference` (the torch model) on fixed inputs: the golden set the
+    reference makes (`make_golden`), checked by `check` — the same check `lphi-verify` runs on a robot."""
+    golden = make_golden(reference, pairs=pairs, new_tokens=new_tokens, teacher_steps=teacher_steps, seed=seed)
+    return check(exported, golden, precision, min_token_match=min_token_match, kv_quant=kv_quant)
 
-    # Prefill on the same spliced prompt (reference features for both), then teacher-forced decode.
-    forced = reference.ask(frames[0], PROMPTS[0], max_new_tokens=teacher_steps).token_ids
-    sessions = [a.new_session() for a in (reference, exported)]
-    logits = [s.prefill(prompt_ids, ref_image)[0, -1] for s in sessions]  # (V,) each
-    report.parts["prefill_logits"] = Comparison.of(*logits)
-    caches = [s.cache.arrays() for s in sessions]  # each 2·L × (1, H, P, Dh)
-    kv = [np.concatenate([a.ravel() for a in c]) for c in caches]
-    report.parts["prefill_kv"] = Comparison.of(*kv)
+
+def make_golden(
+    reference: Assistant,
+    *,
+    pairs: int = 8,
+    new_tokens: int = 16,
+    teacher_steps: int = 8,
+    seed: int = 0,
+    kv_positions: int = 4,
+) -> Golden:
+    """What the reference (the PyTorch model behind the Assistant API) is fed and answers on the verification's
+    fixed inputs: synthetic frames (seed `seed`), PROMPTS, `teacher_steps` forced tokens, `new_tokens` answers."""
+    frames = sample_frames(pairs, seed=seed)
+    prompts = [PROMPTS[k % len(PROMPTS)] for k in range(pairs)]
+    eos = min(reference.eos_token_ids)
+    prompt_ids, image = reference.prompt_inputs(frames[0], prompts[0])
+    features = image[0].features  # (N, D): the decoder check feeds these to both sides
+    forced = reference.ask(frames[0], prompts[0], max_new_tokens=teacher_steps).token_ids
+    session = reference.new_session()
+    prefill = session.prefill(prompt_ids, image)[0, -1]  # (V,)
+    cache = session.cache.arrays()  # 2·L × (1, H, P, Dh)
+    length = cache[0].shape[2]
+    positions = np.unique(np.linspace(0, length - 1, min(length, kv_positions)).round().astype(np.int64))
+    kv = np.stack([t[0][:, positions] for t in cache])  # (2·L, H, k, Dh)
+    decode = np.stack([session.step(t)[0, -1] for t in forced]) if forced else np.zeros((0, prefill.size))
+    steps = new_tokens + 1  # an answer's tokens and the eos that may end it
+    topk_ids = np.full((pairs, steps, TOPK), -1, np.int64)
+    topk_logits = np.full((pairs, steps, TOPK), -np.inf, np.float32)
+    answers, ids_per_pair = [], []
+    for k, (frame, prompt) in enumerate(zip(frames, prompts)):
+        tokens = _answer_tokens(reference.ask(frame, prompt, max_new_tokens=new_tokens), eos)
+        ids, images = reference.prompt_inputs(frame, prompt)
+        rows = _forced_logits(reference, ids, images, tokens[:-1])  # (len(tokens), V): before each token
+        best = np.argsort(-rows, axis=1, kind="stable")[:, :TOPK]  # (len(tokens), K)
+        topk_ids[k, : len(tokens), : best.shape[1]] = best
+        topk_logits[k, : len(tokens), : best.shape[1]] = np.take_along_axis(rows, best, axis=1)
+        answers.append(tokens)
+        ids_per_pair.append(ids)
+    settings = {
+        "seed": seed, "new_tokens": new_tokens, "teacher_steps": teacher_steps, "topk": TOPK,
+        "cosine_min": COSINE_MIN, "kv_cosine_min": KV_COSINE_MIN, "other_inputs": OTHER_INPUTS,
+        "reference": f"{reference.backend.name}/{reference.backend.precision}",
+    }  # fmt: skip
+    return Golden(
+        frames=np.stack(frames), pixel_values=reference.processor(frames[0]), vision_features=features,
+        prefill_logits=prefill, decode_logits=decode, kv_positions=positions, kv_samples=kv,
+        answer_topk_ids=topk_ids, answer_topk_logits=topk_logits, prompts=prompts, prompt_ids=ids_per_pair,
+        forced_tokens=list(forced), answers=answers, settings=settings,
+    )  # fmt: skip
+
+
+def check(
+    exported: Assistant,
+    golden: Golden,
+    precision: str,
+    *,
+    min_token_match: float | None = None,
+    kv_quant: str | None = None,
+) -> VerificationReport:
+    """Run `exported` on the golden inputs and judge it against the golden outputs (the gates in the module
+    docstring). Needs neither torch nor the checkpoint."""
+    report = VerificationReport(precision, kv_quant)
+    frame0, prompt0 = golden.frames[0], golden.prompts[0]
+    report.parts["pixel_values"] = Comparison.of(golden.pixel_values, exported.processor(frame0))
+    prompt_ids, own_image = exported.prompt_inputs(frame0, prompt0)  # the export's own pipeline
+    if prompt_ids != golden.prompt_ids[0]:
+        report.failures.append("the export's tokenizer does not give the verification prompt's token ids")
+    report.parts["vision_features"] = Comparison.of(golden.vision_features, own_image[0].features)
+
+    # The decoder alone: the reference's features, prefill, then the forced tokens.
+    golden_image = [ImageInput("golden", golden.vision_features)]
+    session = exported.new_session()
+    report.parts["prefill_logits"] = Comparison.of(
+        golden.prefill_logits, session.prefill(golden.prompt_ids[0], golden_image)[0, -1]
+    )
+    cache = session.cache.arrays()  # 2·L × (1, H, P, Dh)
+    exp_kv = np.stack([t[0][:, golden.kv_positions] for t in cache])  # (2·L, H, k, Dh)
+    ref_kv = golden.kv_samples
+    report.parts["prefill_kv"] = Comparison.of(ref_kv, exp_kv)
     if kv_quant is not None:  # the int8 cache's own error: the reference cache through the export's rounding
-        ref_tensors = caches[0]
         scales = exported.backend.kv_scales  # (2·L, H, Dh)
-        trips = [round_trip(t, s) for t, s in zip(ref_tensors, scales)]  # (dequantized, clipped share) each
-        per_tensor = [Comparison.of(t, q) for t, (q, _) in zip(ref_tensors, trips)]
+        trips = [round_trip(t[None], s) for t, s in zip(ref_kv, scales)]  # (dequantized, clipped share) each
+        per_tensor = [Comparison.of(t, q[0]) for t, (q, _) in zip(ref_kv, trips)]
         report.parts["kv_int8_round_trip"] = Comparison(  # the worst layer's key or value
             max(c.max_abs_diff for c in per_tensor), min(c.cosine for c in per_tensor)
         )
-        sizes = [t.size for t in ref_tensors]
-        report.kv_clipped_fraction = float(np.average([c for _, c in trips], weights=sizes))
-    steps = [Comparison.of(*(s.step(tok)[0, -1] for s in sessions)) for tok in forced]
+        report.kv_clipped_fraction = float(np.mean([c for _, c in trips]))
+    forced = golden.forced_tokens
+    steps = [Comparison.of(ref, session.step(t)[0, -1]) for ref, t in zip(golden.decode_logits, forced)]
     if steps:
         report.parts["decode_logits"] = Comparison(max(c.max_abs_diff for c in steps), min(c.cosine for c in steps))
-    # The whole pipeline: each side's own vision features, prefill and the same forced tokens.
-    rows = [_forced_logits(a, prompt_ids, im, forced) for a, im in ((reference, ref_image), (exported, exp_image))]
-    per_row = [Comparison.of(r, e) for r, e in zip(*rows)]  # (steps + 1) × (V,)
+    # The whole pipeline: the export's own features, prefill and the same forced tokens.
+    reference_rows = np.concatenate([golden.prefill_logits[None], golden.decode_logits])  # (T + 1, V)
+    rows = _forced_logits(exported, prompt_ids, own_image, forced)
+    per_row = [Comparison.of(r, e) for r, e in zip(reference_rows, rows)]
     report.parts["answer_logits"] = Comparison(max(c.max_abs_diff for c in per_row), min(c.cosine for c in per_row))
     errors = [report.parts[p].max_abs_diff for p in LOGIT_PARTS if p in report.parts]
     report.logit_error_bound = 2 * OTHER_INPUTS * max(errors)
 
     # End to end: greedy answers over frame/prompt pairs; each divergence explained or not by that bound.
+    eos = min(exported.eos_token_ids)
+    new_tokens = int(golden.settings.get("new_tokens", golden.answer_topk_ids.shape[1] - 1))
     matches = []
-    for k, frame in enumerate(frames):
-        prompt = PROMPTS[k % len(PROMPTS)]
-        a = reference.ask(frame, prompt, max_new_tokens=new_tokens)
-        b = exported.ask(frame, prompt, max_new_tokens=new_tokens)
-        report.identical_answers += a.token_ids == b.token_ids
-        n = max(len(a.token_ids), len(b.token_ids), 1)
-        matches.append(sum(x == y for x, y in zip(a.token_ids, b.token_ids)) / n)
-        if a.token_ids != b.token_ids:
-            report.divergences.append(_divergence(k, frame, prompt, a, b, reference, exported, report))
-    report.pairs = len(frames)
+    for k, (frame, prompt) in enumerate(zip(golden.frames, golden.prompts)):
+        a = golden.answers[k]
+        b = _answer_tokens(exported.ask(frame, prompt, max_new_tokens=new_tokens), eos)
+        report.identical_answers += a == b
+        matches.append(sum(x == y for x, y in zip(a, b)) / max(len(a), len(b), 1))
+        if a != b:
+            report.divergences.append(_divergence(k, a, b, golden, exported, report))
+    report.pairs = golden.pairs
     report.token_match_rate = float(np.mean(matches))
     _judge(report, min_token_match)
     return report
@@ -220,29 +291,26 @@ def _forced_logits(
 
 
 def _divergence(
-    pair: int,
-    frame: np.ndarray,
-    prompt: str,
-    ref_answer: Answer,
-    exp_answer: Answer,
-    reference: Assistant,
-    exported: Assistant,
-    report: VerificationReport,
+    pair: int, a: list[int], b: list[int], golden: Golden, exported: Assistant, report: VerificationReport
 ) -> Divergence:
     """The first step where the answers part, with the reference's margin there against the bound."""
-    eos = min(reference.eos_token_ids)
-    a, b = _answer_tokens(ref_answer, eos), _answer_tokens(exp_answer, eos)
     step = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)  # neither is a prefix: both end at eos or limit
-    ref_row, exp_row = (  # (V,) each: the logits at `step`, each side's own pipeline on the common prefix
-        _forced_logits(s, *s.prompt_inputs(frame, prompt), a[:step])[-1] for s in (reference, exported)
-    )
-    bound = float(report.logit_error_bound or 0.0)
-    margin = float(ref_row[a[step]] - ref_row[b[step]])
+    ids, logits = golden.answer_topk_ids[pair, step], golden.answer_topk_logits[pair, step]  # (K,) each
+    best = float(logits[ids == a[step]][0]) if (ids == a[step]).any() else float(logits[0])
+    ranked = ids == b[step]
+    margin = best - float(logits[ranked][0] if ranked.any() else logits[-1])  # outside the top K: at least this
+    # the export's own logits at that step, on the common prefix, against the reference's K best
+    own_ids, own_image = exported.prompt_inputs(golden.frames[pair], golden.prompts[pair])
+    row = _forced_logits(exported, own_ids, own_image, a[:step])[-1]  # (V,)
+    valid = ids >= 0
+    error = float(np.max(np.abs(row[ids[valid]].astype(np.float64) - logits[valid]))) if valid.any() else 0.0
     verdict, why = classify(margin, report)
-    tok = reference.tokenizer
+    if not ranked.any():
+        verdict, why = "error", f"the export's token is not among the reference's {ids.size} best (margin ≥ this)"
+    tok = exported.tokenizer
     return Divergence(
-        pair, step, a[step], b[step], tok.token_text(a[step]), tok.token_text(b[step]), margin, bound,
-        float(np.max(np.abs(exp_row.astype(np.float64) - ref_row))), verdict, why,
+        pair, step, a[step], b[step], tok.token_text(a[step]), tok.token_text(b[step]), margin,
+        float(report.logit_error_bound or 0.0), error, verdict, why,
     )  # fmt: skip
 
 
@@ -278,7 +346,8 @@ def _judge(report: VerificationReport, min_token_match: float | None) -> None:
     gate = COSINE_MIN.get(report.precision)
     if gate is None:  # int8 / int4: reported, not gated
         return
-    gated = ["vision_features"] if report.kv_quant else list(report.parts)  # the KV cache's rounding moves the rest
+    # the int8 cache's rounding moves everything after the vision encoder
+    gated = ["pixel_values", "vision_features"] if report.kv_quant else list(report.parts)
     for name in gated:
         c = report.parts[name]
         if c.cosine < gate:

@@ -206,6 +206,7 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)  # the checkpoint's path and hash
     tools: dict[str, Any] = field(default_factory=dict)  # versions of the tools that wrote it
     verification: dict[str, Any] | None = None  # the export's verification report
+    golden: dict[str, Any] | None = None  # {"arrays": …, "meta": …}: the golden verification data (format.golden)
 
     # ---- typed access ------------------------------------------------------------------------------
     @property
@@ -254,6 +255,7 @@ class Manifest:
             "tools": self.tools,
             "files": {name: {"sha256": f.sha256, "bytes": f.bytes} for name, f in self.files.items()},
             "verification": self.verification,
+            "golden": self.golden,
         }
 
     def write(self) -> None:
@@ -293,9 +295,21 @@ class Manifest:
             r.get("processor", dict), r.get("template", str), files, version, r.get("backend", str, "onnxruntime"),
             r.get("created", str, ""), r.get("export_config", dict, {}), r.get("source", dict, {}),
             r.get("tools", dict, {}), r.get("verification", (dict, type(None)), None),
+            r.get("golden", (dict, type(None)), None),
         )  # fmt: skip
         manifest._check_kv_quant()
+        manifest._check_golden()
         return manifest
+
+    def _check_golden(self) -> None:
+        if self.golden is None:
+            return
+        for key in ("arrays", "meta"):
+            name = self.golden.get(key)
+            if not isinstance(name, str) or name not in self.files:
+                raise CheckpointError(
+                    f"{self.path / MANIFEST}: golden {key} file {name!r} is not among the export's files"
+                )
 
     def _check_kv_quant(self) -> None:
         q = self.kv_quant
