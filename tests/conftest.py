@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lphi_edge.model.tiny import write_tiny_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_hash_cache(tmp_path_factory):
+    """The record of verified export hashes (lphi_edge.format.hash_cache) goes to a temporary directory, for
+    this process and the ones the tests start, not to the user's ~/.cache."""
+    os.environ["LPHI_EDGE_CACHE"] = str(tmp_path_factory.mktemp("lphi-edge-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +57,19 @@ def shapes_frame(width: int, height: int, seed: int) -> np.ndarray:
 @pytest.fixture
 def frame() -> np.ndarray:
     return shapes_frame(224, 224, seed=3)
+
+
+@pytest.fixture(scope="session")
+def lean_venv(tmp_path_factory) -> Path:
+    """A fresh virtual environment with only what a robot installs — `pip install ".[onnx,ros]"`, from this
+    tree, through the package registry — so torch and transformers are absent, not merely unused. Returns
+    its bin directory."""
+    venv = tmp_path_factory.mktemp("lean") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{root}[onnx,ros]"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return venv / "bin"

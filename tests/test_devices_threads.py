@@ -153,3 +153,21 @@ def test_torch_cuda_n_without_a_gpu_says_so(tiny_ckpt):
 )
 def test_baseline_precision_matches_each_engine(backend, precision, cuda, want):
     assert baseline_precision(backend, precision, cuda) == want
+
+
+def test_the_tensorrt_provider_keeps_its_engines_in_the_export(tmp_path):
+    """onnxruntime's TensorRT provider caches engines (and timings) in DIR/trt/ort-<gpu>-sm<XY>-trt<v>-<prec>/,
+    one directory per GPU, TensorRT version and precision; the other providers get no TensorRT options."""
+    from lphi_edge.format.manifest import Manifest
+    from lphi_edge.format.shipped import SHIPPED_EXPORTS
+    from lphi_edge.runtime.onnx_backend import trt_ep_options
+
+    manifest = Manifest.load(SHIPPED_EXPORTS["shapes-demo"])
+    opts = trt_ep_options(manifest, gpu=("NVIDIA Jetson AGX Orin", (8, 7)), trt_version="10.3.0")
+    want = manifest.path / "trt" / "ort-nvidia-jetson-agx-orin-sm87-trt10.3.0-fp32"
+    assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(want)
+    assert opts["trt_engine_cache_enable"] == "True" and opts["trt_fp16_enable"] == "False"
+    trt, cuda, cpu = providers_for("tensorrt", 1, opts)
+    assert trt == ("TensorrtExecutionProvider", {"device_id": "1", **opts})
+    assert cuda == ("CUDAExecutionProvider", {"device_id": "1"}) and cpu == "CPUExecutionProvider"
+    assert "unknown" in trt_ep_options(manifest)["trt_engine_cache_path"]  # no GPU / TensorRT here: still named

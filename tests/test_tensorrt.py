@@ -166,7 +166,7 @@ def test_from_pretrained_runs_the_engines(export_dir, fp32_engines, torch_assist
 def test_limits_are_clear_errors(backend, export_dir):
     with pytest.raises(ConfigError, match="max_batch"):
         backend.new_cache(batch_size=backend.max_batch + 1)
-    with pytest.raises(CheckpointError, match=r"--trt` on this device"):
+    with pytest.raises(CheckpointError, match=r"lphi-build-engines .* on this device"):
         find_engine_dir(export_dir, "int8")
 
 

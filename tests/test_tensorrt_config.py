@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -84,7 +87,7 @@ def test_require_tensorrt_without_tensorrt(monkeypatch):
         require_tensorrt()
     msg = str(e.value)
     assert "tensorrt" in msg.lower() and "build on the target device" in msg
-    assert "lphi-export MODEL --out DIR --trt" in msg and "\n" not in msg
+    assert "lphi-build-engines DIR" in msg and "\n" not in msg
 
 
 def test_build_engines_without_tensorrt_fails_before_touching_the_directory(monkeypatch, tmp_path):
@@ -117,7 +120,7 @@ def test_find_engine_dir_lists_what_exists(tmp_path):
         find_engine_dir(tmp_path, trt_version="10.3.0", gpu=H100)
     msg = str(e.value)
     assert "nvidia-h100-80gb-hbm3-sm90-trt10.3.0-" in msg and "orin-sm87-trt10.3.0-fp16" in msg
-    assert "--trt` on this device" in msg and "\n" not in msg
+    assert "run `lphi-build-engines" in msg and "on this device" in msg and "\n" not in msg
 
 
 # ---- profiles and precision checks (pure logic over a manifest) ------------------------------------------------------
@@ -255,3 +258,23 @@ def test_precision_flags_fp32_engines_compute_in_fp32(precision, qdq, flags):
     _set_precision_flags(_Trt10, config, precision, _PartGraph(has_qdq=qdq, fp16_graph=False))
     names = {k for k, v in vars(_Trt10.BuilderFlag).items() if not k.startswith("_") and v in config.flags}
     assert names == flags
+
+
+# ---- lphi-build-engines where TensorRT cannot run ------------------------------------------------------------------
+def test_lphi_build_engines_without_tensorrt_says_what_is_missing(tmp_path):
+    from lphi_edge.format.shipped import SHIPPED_EXPORTS
+
+    export = shutil.copytree(SHIPPED_EXPORTS["shapes-demo"], tmp_path / "export")
+    exe = str(Path(sys.executable).with_name("lphi-build-engines"))
+    proc = subprocess.run([exe, str(export)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "TensorRT is not installed here" in proc.stderr and "JetPack" in proc.stderr
+    assert "pip install tensorrt" in proc.stderr and not (export / "trt").exists()  # nothing written
+    for args, message in (
+        (["--workspace-gb", "0"], "TrtBuildConfig.workspace_gb must be a positive number"),
+        (["--precision", "int4"], "invalid choice"),
+    ):
+        proc = subprocess.run([exe, str(export), *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    proc = subprocess.run([exe, str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "is not an lphi-edge export" in proc.stderr

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if not is_export_dir(path):
             raise ConfigError(f"{path} is not an export directory (no manifest.json): lphi-verify checks exports")
         t0 = time.perf_counter()
-        manifest = Manifest.load(path)  # every file against its sha256: the golden data too
+        manifest = Manifest.load(path, rehash=True)  # every file hashed again: the golden data too
         if manifest.golden is None:
             raise ConfigError(f"{path} carries no golden verification data (exported by an older lphi-edge): re-export")
         golden = Golden.load(path)

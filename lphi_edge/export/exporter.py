@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 
 from lphi_edge._version import __version__
 from lphi_edge.atomic import atomic_directory
-from lphi_edge.errors import ConfigError, LphiError
+from lphi_edge.errors import ConfigError
 from lphi_edge.export import onnx_parts
 from lphi_edge.export.config import GQA_HEAD_MULTIPLE, ExportConfig
 from lphi_edge.export.kv_quant import calibrate, check_graph_scales, kv_scales, quantize_kv_cache, write_scales
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
+from lphi_edge.export.verify import VerificationError
 from lphi_edge.format.golden import GOLDEN_ARRAYS, GOLDEN_META, Golden
 from lphi_edge.format.manifest import (
     FORMAT_VERSION,
@@ -69,14 +70,6 @@ _EXPORTERS = {
     "embed_tokens": onnx_parts.export_embed,
     "decoder_model_merged": onnx_parts.export_decoder,
 }
-
-
-class VerificationError(LphiError):
-    """The exported parts do not answer like the PyTorch model; `report` holds the numbers."""
-
-    def __init__(self, message: str, report: dict[str, Any]):
-        super().__init__(message)
-        self.report = report
 
 
 def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: ExportConfig | None = None) -> Path:
@@ -128,10 +121,10 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, config: E
                 _verify(tmp, config)
             timings[stage] = round(time.perf_counter() - t0, 2)
         logger.info("export stages (s): %s", timings)
-        if config.trt:
-            from lphi_edge.export.tensorrt import TrtBuildConfig, build_engines
+        if config.trt:  # lphi-build-engines on the new export: built, verified against its golden data
+            from lphi_edge.export.tensorrt import build_verified_engines
 
-            build_engines(tmp, TrtBuildConfig())
+            build_verified_engines(tmp)
     return out
 
 

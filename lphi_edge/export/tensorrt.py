@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,17 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 # ---- build -----------------------------------------------------------------------------------------------------------
-def build_engines(export_dir: str | os.PathLike, config: TrtBuildConfig | None = None) -> Path:
-    """Build (or reuse) the three engines for this GPU and TensorRT version; returns the engine directory."""
+def build_engines(
+    export_dir: str | os.PathLike,
+    config: TrtBuildConfig | None = None,
+    *,
+    overwrite: bool = False,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Build (or reuse) the three engines for this GPU and TensorRT version; returns the engine directory.
+
+    overwrite: build again even when an identical build exists. check: called with the finished build's
+    (temporary) directory before it is published — it raises to refuse the engines (nothing is written)."""
     trt = require_tensorrt()
     manifest = Manifest.load(export_dir)
     config = (config or TrtBuildConfig()).resolve(int(manifest.text.context_length))
@@ -115,7 +125,7 @@ def build_engines(export_dir: str | os.PathLike, config: TrtBuildConfig | None =
     }
     out = manifest.path / TRT_DIR / engine_dir_name(gpu, sm, trt.__version__, config.precision)
     info = read_build_info(out)
-    if info is not None and all(info.get(k) == v for k, v in key.items()) and engines_complete(out):
+    if not overwrite and info is not None and all(info.get(k) == v for k, v in key.items()) and engines_complete(out):
         logger.info("TensorRT engines in %s match this export and these settings: reused", out)
         return out
 
@@ -135,12 +145,55 @@ def build_engines(export_dir: str | os.PathLike, config: TrtBuildConfig | None =
             "build_seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / BUILD_JSON).write_text(json.dumps(build, indent=2) + "\n")
+        if check is not None:
+            check(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("TensorRT %s engines (%s) built in %.1f s: %s", config.precision, gpu, build["build_seconds"], out)
     return out
+
+
+def build_verified_engines(
+    export_dir: str | os.PathLike, config: TrtBuildConfig | None = None, *, overwrite: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """Build this GPU's engines and publish them only if they pass the export's own verification, re-run on
+    the engines against the golden data the export carries (`lphi-verify --backend tensorrt`). Returns the
+    engine directory and the report (also stored in its build.json); VerificationError publishes nothing."""
+    from lphi_edge.assistant import Assistant
+    from lphi_edge.export.verify import VerificationError, check, report_table
+    from lphi_edge.format.golden import Golden
+
+    config = config or TrtBuildConfig()
+    require_tensorrt()  # before anything else: what is missing, and how to get it
+    if Manifest.load(export_dir).golden is None:
+        raise ConfigError(f"{export_dir} carries no golden verification data to check engines against: re-export")
+    golden = Golden.load(Path(export_dir))
+    reports: list[dict[str, Any]] = []
+
+    def verify_build(engine_dir: Path, fate: str = "no engines were published") -> None:
+        exported = Assistant.from_pretrained(export_dir, backend="tensorrt", engine_dir=engine_dir)
+        try:
+            report = check(exported, golden, config.precision).to_dict()  # the engines' own precision's gates
+        finally:
+            exported.backend.close()
+        logger.info("verification of the TensorRT %s engines:\n%s", config.precision, report_table(report))
+        build = json.loads((engine_dir / BUILD_JSON).read_text())
+        (engine_dir / BUILD_JSON).write_text(json.dumps(build | {"verification": report}, indent=2) + "\n")
+        reports.append(report)
+        if not report["passed"]:
+            raise VerificationError(
+                f"TensorRT {config.precision} engines do not answer like the export's reference: "
+                + "; ".join(report["failures"])
+                + f" ({fate})",
+                report,
+            )
+
+    out = build_engines(export_dir, config, overwrite=overwrite, check=verify_build)
+    if not reports:  # an identical build was reused: check it as it is
+        verify_build(out, "these engines were built earlier: rebuild them with --overwrite")
+    return out, reports[-1]
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 
 from lphi_edge.assistant import Answer, Assistant
 from lphi_edge.data.shapes import sample_frames
+from lphi_edge.errors import LphiError
 from lphi_edge.format.golden import TOPK, Golden
 from lphi_edge.format.kv_int8 import round_trip
 from lphi_edge.runtime.generation import ImageInput
@@ -50,6 +51,16 @@ PROMPTS = (
     "Is there a red square?",
     "Describe the scene in front of the robot.",
 )
+
+
+class VerificationError(LphiError):
+    """The exported parts do not answer like the PyTorch model; `report` holds the numbers."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
 COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999}
 KV_COSINE_MIN = 0.999  # an int8 KV cache, dequantized, against the PyTorch model's
 LOGIT_PARTS = ("prefill_logits", "decode_logits", "answer_logits")  # what the near-tie bound is measured on

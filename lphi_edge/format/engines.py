@@ -24,7 +24,7 @@ BUILD_JSON = "build.json"
 ENGINE_SUFFIX = ".engine"
 BUILD_FORMAT_VERSION = 1
 TRT_PRECISIONS = ("fp16", "fp32", "int8")  # also the preference order when several builds exist
-BUILD_HINT = "build on the target device (Jetson/GPU host) with `lphi-export MODEL --out DIR --trt`"
+BUILD_HINT = "build on the target device (Jetson/GPU host) with `lphi-build-engines DIR`"
 
 
 def engine_dir_name(gpu_name: str, sm: tuple[int, int], trt_version: str, precision: str) -> str:

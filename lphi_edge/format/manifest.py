@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lphi_edge.errors import CheckpointError
+from lphi_edge.format.hash_cache import VerifiedHashes
 
 FORMAT = "lphi-edge-export"
 FORMAT_VERSION = 1
@@ -324,8 +325,11 @@ class Manifest:
             raise CheckpointError(f"{where}: kv_quant scales file {q.scales!r} is not among the export's files")
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify_checksums: bool = True) -> Manifest:
-        """Read and check an export directory's manifest; refuse anything that does not match it."""
+    def load(cls, path: str | os.PathLike, *, verify_checksums: bool = True, rehash: bool = False) -> Manifest:
+        """Read and check an export directory's manifest; refuse anything that does not match it.
+
+        verify_checksums: compare every file with its sha256 (False: sizes only). A file this machine already
+        hashed and that has not changed since (`hash_cache`) is not hashed again unless `rehash`."""
         path = Path(path)
         f = path / MANIFEST
         if not f.is_file():
@@ -335,10 +339,11 @@ class Manifest:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{f} is not valid JSON ({e})") from None
         manifest = cls.from_json(path, data)
-        manifest.check_files(verify_checksums)
+        manifest.check_files(verify_checksums, rehash=rehash)
         return manifest
 
-    def check_files(self, verify_checksums: bool) -> None:
+    def check_files(self, verify_checksums: bool, *, rehash: bool = False) -> None:
+        verified = VerifiedHashes(self.path) if verify_checksums else None
         for name, meta in self.files.items():
             fp = self.path / name
             if not fp.is_file():
@@ -346,10 +351,15 @@ class Manifest:
             size = fp.stat().st_size
             if size != meta.bytes:
                 raise CheckpointError(f"export file {fp} has {size} bytes, manifest says {meta.bytes} (truncated?)")
-            if verify_checksums and sha256_file(fp) != meta.sha256:
+            if verified is None or (not rehash and verified.known(fp, meta.sha256)):
+                continue
+            if sha256_file(fp) != meta.sha256:
                 raise CheckpointError(
                     f"export file {fp} does not match its sha256 in {MANIFEST} (corrupted or modified)"
                 )
+            verified.remember(fp, meta.sha256)
+        if verified is not None:
+            verified.save()
 
 
 def file_table(directory: Path) -> dict[str, FileEntry]:

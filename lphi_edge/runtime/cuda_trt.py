@@ -63,14 +63,18 @@ def require_tensorrt():
     try:
         import tensorrt as trt
     except (ImportError, OSError):  # not installed, or its libraries (libnvinfer) do not load
-        raise LphiError(f"TensorRT is not installed here (`import tensorrt` failed): {BUILD_HINT}") from None
+        raise LphiError(
+            "TensorRT is not installed here (`import tensorrt` failed): on a Jetson it comes with JetPack "
+            "(`sudo apt install nvidia-jetpack`, then use the system Python or a venv with --system-site-packages); "
+            f"elsewhere `pip install tensorrt`. Then {BUILD_HINT}"
+        ) from None
     cudart = import_cudart()
     try:
         count = cuda_call(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
     except LphiError as e:
-        raise LphiError(f"no CUDA GPU is visible ({e}): {BUILD_HINT}") from None
+        raise LphiError(f"TensorRT needs a CUDA GPU and none is visible ({e}): {BUILD_HINT}") from None
     if not count:
-        raise LphiError(f"no CUDA GPU is visible (cudaGetDeviceCount = 0): {BUILD_HINT}")
+        raise LphiError(f"TensorRT needs a CUDA GPU and none is visible (cudaGetDeviceCount = 0): {BUILD_HINT}")
     return trt
 
 

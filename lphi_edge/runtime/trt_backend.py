@@ -1,4 +1,4 @@
-"""The TensorRT backend: runs the engines `lphi-export MODEL --out DIR --trt` built on this GPU.
+"""The TensorRT backend: runs the engines `lphi-build-engines DIR` (or `lphi-export ... --trt`) built on this GPU.
 
 Imports neither torch nor transformers: device memory is managed with cuda-python's runtime API
 (cudaMalloc / cudaMemcpyAsync on one stream / cudaFree, every cudaError_t checked), and the engines are
@@ -366,7 +366,7 @@ def find_engine_dir(
     found = ", ".join(existing_engine_dirs(export_dir)) or "none"
     raise CheckpointError(
         f"no TensorRT engines for this GPU in {root}: looked for {wanted}, found {found}; "
-        f"run `lphi-export MODEL --out {Path(export_dir)} --trt` on this device"
+        f"run `lphi-build-engines {Path(export_dir)}` on this device"
     )
 
 
@@ -440,10 +440,11 @@ class TrtBackend:
         return {}
 
     # ---- protocol ----------------------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        """f32 [B, 3, H, W] → f32 [B, N, D]."""
+    def encode_images(self, pixel_values: np.ndarray, with_attention: bool = False):
+        """f32 [B, 3, H, W] → f32 [B, N, D]; with_attention: (that, the engine's image_attention f32 [B, N])."""
         out, _ = self._engine("vision_encoder").run({"pixel_values": pixel_values})
-        return out["image_features"].astype(np.float32, copy=False)
+        feats = out["image_features"].astype(np.float32, copy=False)
+        return (feats, out["image_attention"].astype(np.float32, copy=False)) if with_attention else feats
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         """i64 [B, S] → f32 [B, S, D]."""
