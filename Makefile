@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo venv clean
+.PHONY: test lint demo venv clean ros2_ws/install
 
 venv: $(STAMP)
 
@@ -23,7 +23,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check --exclude '*.md' .
 	$(VENV)/bin/lint-imports
 
-test: lint
+# The ROS 2 workspace (ros2_ws/README.md): colcon builds lphi_edge_interfaces and lphi_edge from the PyPI wheels
+# into ros2_ws/install, so `source ros2_ws/install/setup.bash` works; the ROS tests start what it installs.
+ROS_SOURCES := $(shell find ros2_ws/src -type f -not -path '*/__pycache__/*')
+
+ros2_ws/install: ros2_ws/install/setup.bash
+
+ros2_ws/install/setup.bash: $(STAMP) ros2_ws/build.sh $(ROS_SOURCES)
+	ros2_ws/build.sh $(VENV)
+
+test: lint ros2_ws/install/setup.bash
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The shipped shapes-demo model (lphi_edge/assets/shapes_demo, trained by train/shapes_demo.sh)

@@ -5,10 +5,21 @@
     ans.text, ans.token_ids, ans.timings
     for piece in a.stream(frame, "Describe the scene."): print(piece, end="")
     chat = a.chat(frame); chat.ask("What is on the table?"); chat.ask("And to its left?")
+    a = Assistant.from_pretrained("ckpt", frame_reuse=True, visual_tokens=144)   # a live camera, fewer tokens
 
 One Assistant serves one caller at a time (calls are serialised by a lock). It keeps the KV cache of
 its last prompt, so a new question reuses the shared prefix (system prompt, and the image when the
 frame is unchanged), and it caches the features of the last few frames.
+
+Frame reuse (`frame_reuse`, runtime/frame_reuse.py): False reuses a cached frame's features only for the
+same pixels; True (or a tolerance in 8-bit levels) also for a frame whose frame difference from a cached
+one is within the tolerance — a live camera's next frame of an unchanged scene. The reused frame keeps the
+cached frame's key, so its image positions are reused from the KV cache too, and a greedy answer to the same
+question about it is returned as stored, without running the model. `answer.timings` says what happened
+(frame_reused, frame_difference, answer_reused).
+
+Visual tokens (`visual_tokens=K`, runtime/visual_tokens.py): the LM sees K of the image's N tokens, chosen
+by the vision tower's [CLS] attention (VisionZip); prompt_tokens shrinks by N − K.
 """
 
 from __future__ import annotations
@@ -33,9 +44,11 @@ from lphi_edge.processing.image import ImageInput as FrameInput
 from lphi_edge.processing.image import ImageProcessor, ProcessorConfig
 from lphi_edge.processing.template import Template, get_template
 from lphi_edge.processing.tokenizer import Tokenizer
-from lphi_edge.runtime.backend import Backend
+from lphi_edge.runtime.backend import Backend, image_attention_problem
 from lphi_edge.runtime.device import check_threads, parse_device
+from lphi_edge.runtime.frame_reuse import FrameReuse, frame_difference, frame_signature
 from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session, Timings, drain
+from lphi_edge.runtime.visual_tokens import VisualTokens, select_visual_tokens
 
 if TYPE_CHECKING:  # the runtime path never imports torch
     from lphi_edge.runtime.torch_backend import TorchBackend
@@ -43,6 +56,16 @@ if TYPE_CHECKING:  # the runtime path never imports torch
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+ANSWER_STORE_SIZE = 64  # stored greedy answers (frame, question, settings), least recently used dropped first
+_KEEP = object()  # configure(): leave a setting as it is
+
+
+@dataclass
+class _Frame:
+    """A cached frame: what the LM is fed for it and its signature for the frame difference."""
+
+    image: ImageInput  # features [K, D] as the LM sees them, keyed by frame (and reduction)
+    signature: np.ndarray  # f32 [3, H / BLOCK, W / BLOCK] block means in 8-bit levels
 
 
 @dataclass
@@ -80,6 +103,8 @@ class Assistant:
         template: Template,
         eos_token_ids: set[int] | None = None,
         image_cache_size: int = 4,
+        frame_reuse: bool | float | FrameReuse = False,
+        visual_tokens: int | VisualTokens | None = None,
     ):
         self.backend = backend
         self.tokenizer = tokenizer
@@ -87,10 +112,15 @@ class Assistant:
         self.template = template
         self.eos_token_ids = frozenset(eos_token_ids or ()) | {tokenizer.eos_token_id}
         self.image_cache_size = image_cache_size
-        self._features: OrderedDict[str, np.ndarray] = OrderedDict()  # frame digest → (N, D)
+        self._levels = np.asarray(processor.image_std, np.float32) / np.float32(processor.rescale_factor)  # (3,)
+        self._frames: OrderedDict[str, _Frame] = OrderedDict()  # frame digest → cached frame
+        self._answers: OrderedDict[tuple, Answer] = OrderedDict()  # (frame key, turns, config) → greedy answer
         self._session = self.new_session()
         self._lock = threading.RLock()
         self.last_answer: Answer | None = None  # of the last completed stream()
+        self.frame_reuse = FrameReuse()
+        self.visual_tokens: VisualTokens | None = None
+        self.configure(frame_reuse=frame_reuse, visual_tokens=visual_tokens)
 
     @classmethod
     def from_pretrained(
@@ -112,7 +142,9 @@ class Assistant:
         onnxruntime the intra-op pool of this backend's sessions; TensorRT has no CPU pool to set. `dtype`
         (torch backend only): fp32 (default, as the original), fp16, bf16. `cuda_graphs` (torch backend
         only): replay decode steps from a captured CUDA graph (default: on CUDA). Other keywords go to the
-        Assistant (image_cache_size) — and for exports `verify_checksums` / `provider` to the backend.
+        Assistant — image_cache_size, frame_reuse (False: exact frames only; True: the default tolerance; or a
+        tolerance in 8-bit levels), visual_tokens (None: all; K in 1..N) — and for exports `verify_checksums` /
+        `provider` to the backend.
         """
         if backend is not None and backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
@@ -158,6 +190,7 @@ class Assistant:
         verify_checksums: bool = True,
         provider: str | None = None,
         threads: int | None = None,
+        engine_dir: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> Assistant:
 
@@ -182,7 +215,7 @@ class Assistant:
 
             if threads is not None:
                 logger.info("threads=%d not applied: TensorRT engines run on the GPU (no CPU thread pool)", threads)
-            be = TrtBackend.from_export_dir(path, device=device or "cuda")
+            be = TrtBackend.from_export_dir(path, engine_dir, device=device or "cuda")  # engine_dir: default this GPU's
         proc = dict(manifest.processor)
         processor = ProcessorConfig.from_preprocessor_dict(proc, pad_to_square=bool(proc.get("pad_to_square")))
         return cls(
@@ -230,10 +263,27 @@ class Assistant:
         return Session(self.backend, self.tokenizer, self.eos_token_ids)
 
     def reset(self) -> None:
-        """Forget the cached KV prefix and frame features (e.g. between benchmark runs)."""
+        """Forget the cached KV prefix, frame features and stored answers (e.g. between benchmark runs)."""
         with self._lock:
             self._session.reset()
-            self._features.clear()
+            self._frames.clear()
+            self._answers.clear()
+
+    def configure(self, *, frame_reuse: Any = _KEEP, visual_tokens: Any = _KEEP) -> None:
+        """Change frame reuse or the visual tokens at run time (the next call uses them), validated as in
+        from_pretrained; a setting not given stays. A new visual_tokens forgets the cached frames and answers."""
+        with self._lock:
+            reuse = self.frame_reuse if frame_reuse is _KEEP else FrameReuse.of(frame_reuse)
+            tokens = self.visual_tokens if visual_tokens is _KEEP else VisualTokens.of(visual_tokens)
+            if tokens is not None:
+                tokens.check(self.backend.spec.image_tokens)
+                problem = image_attention_problem(self.backend)
+                if problem is not None:
+                    raise ConfigError(f"visual_tokens {tokens.tokens} needs the vision tower's attention: {problem}")
+            if tokens != self.visual_tokens:
+                self._frames.clear()
+                self._answers.clear()
+            self.frame_reuse, self.visual_tokens = reuse, tokens
 
     # ---- internals ------------------------------------------------------------------------------
     def _run(
@@ -244,11 +294,32 @@ class Assistant:
             t0 = time.perf_counter()
             timings = Timings()
             prompt_ids, images = self._inputs(turns, image, timings)
+            stored_as = self._answer_key(turns, images, config)
+            stored = self._answers.get(stored_as) if stored_as is not None else None
+            if stored is not None:
+                self._answers.move_to_end(stored_as)
+                answer = _replayed(stored, timings, t0)
+                if answer.text:
+                    yield answer.text
+                return answer
             result = yield from session.iter_generate(prompt_ids, images, config, timings, t0)
             be = self.backend
-            return Answer(
+            answer = Answer(
                 result.text, result.token_ids, result.timings, result.finish_reason, be.name, be.precision, be.device
             )
+            if stored_as is not None:
+                self._answers[stored_as] = answer
+                while len(self._answers) > ANSWER_STORE_SIZE:
+                    self._answers.popitem(last=False)
+            return answer
+
+    def _answer_key(
+        self, turns: list[tuple[str, str | None]], images: list[ImageInput], config: GenerationConfig
+    ) -> tuple | None:
+        """Where a greedy answer about a frame is stored (with frame reuse on); None: not stored."""
+        if not (self.frame_reuse.enabled and config.greedy and len(images) == 1):
+            return None
+        return images[0].key, tuple(turns), config
 
     def _inputs(
         self, turns: list[tuple[str, str | None]], image: FrameInput | None, timings: Timings
@@ -257,21 +328,42 @@ class Assistant:
         return self.tokenizer.encode_prompt(text), [] if image is None else [self._image_features(image, timings)]
 
     def _image_features(self, image: FrameInput, timings: Timings) -> ImageInput:
+        """The frame's features as the LM sees them: from the cache (the same frame, or with frame reuse a
+        near-identical one) or from the vision encoder (then reduced to the visual tokens)."""
         t0 = time.perf_counter()
         pixels = self.processor(image)  # (1, 3, H, W)
         digest = hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()
+        frame, signature = self._frames.get(digest), None
+        if frame is not None:
+            timings.frame_difference = 0.0
+        elif self._frames:
+            signature = frame_signature(pixels, self._levels)  # (3, H / BLOCK, W / BLOCK)
+            nearest, difference = min(
+                ((d, frame_difference(signature, f.signature)) for d, f in self._frames.items()), key=lambda x: x[1]
+            )
+            timings.frame_difference = difference
+            if self.frame_reuse.accepts(difference):
+                digest, frame = nearest, self._frames[nearest]
         t1 = time.perf_counter()
         timings.preprocess_ms += (t1 - t0) * 1e3
-        feats = self._features.get(digest)
-        if feats is None:
-            feats = self.backend.encode_images(pixels)[0]  # (N, D)
-            timings.vision_ms += (time.perf_counter() - t1) * 1e3
-            self._features[digest] = feats
-            while len(self._features) > self.image_cache_size:
-                self._features.popitem(last=False)
+        if frame is not None:
+            self._frames.move_to_end(digest)
+            timings.frame_reused = True
+            return frame.image
+        vt = self.visual_tokens
+        if vt is None:
+            image_input = ImageInput(digest, self.backend.encode_images(pixels)[0])  # (N, D)
         else:
-            self._features.move_to_end(digest)
-        return ImageInput(digest, feats)
+            feats, attention = self.backend.encode_images(pixels, with_attention=True)  # (1, N, D), (1, N)
+            kept = select_visual_tokens(feats[0], attention[0], vt)  # (K, D)
+            image_input = ImageInput((digest, vt.tokens, vt.n_contextual), kept)
+        timings.vision_ms += (time.perf_counter() - t1) * 1e3
+        if signature is None:
+            signature = frame_signature(pixels, self._levels)
+        self._frames[digest] = _Frame(image_input, signature)
+        while len(self._frames) > self.image_cache_size:
+            self._frames.popitem(last=False)
+        return image_input
 
 
 class Chat:
@@ -303,6 +395,18 @@ class Chat:
     def reset(self) -> None:
         self.turns.clear()
         self._session.reset()
+
+
+def _replayed(stored: Answer, timings: Timings, t0: float) -> Answer:
+    """A stored answer given again: its text and tokens, this call's timings (no model time), flagged."""
+    done = (time.perf_counter() - t0) * 1e3
+    timings.ttft_ms = timings.total_ms = done
+    timings.prompt_tokens, timings.new_tokens = stored.timings.prompt_tokens, stored.timings.new_tokens
+    timings.answer_reused = True
+    return Answer(
+        stored.text, list(stored.token_ids), timings, stored.finish_reason, stored.backend, stored.precision,
+        stored.device,
+    )  # fmt: skip
 
 
 def generation_config(kwargs: dict[str, Any]) -> GenerationConfig:

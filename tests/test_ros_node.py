@@ -1,9 +1,14 @@
-"""vqa_node with real rclpy across processes: the node runs as a subprocess (`lphi-vqa-node`), this test
-publishes frames and prompts and reads answers and /diagnostics."""
+"""vqa_node with real rclpy across processes: the node runs as a subprocess — the executable colcon installed into
+ros2_ws/install, in the environment `source ros2_ws/install/setup.bash` gives, as `ros2 run` would start it — and
+this test publishes frames and prompts and reads answers and /diagnostics. The helpers here (workspace, harness,
+node processes) serve test_ros_action.py too."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,13 +34,68 @@ from std_msgs.msg import String  # noqa: E402
 
 from lphi_edge import Assistant  # noqa: E402
 from lphi_edge.data.shapes import answer_question, questions, random_scene, render  # noqa: E402
+from lphi_edge.ros.answerer import quote  # noqa: E402
 
-EXE = Path(sys.executable).parent
+EXE = Path(sys.executable).parent  # the venv's console scripts (lphi-ros-demo)
 ROOT = Path(__file__).resolve().parents[1]
+WS = ROOT / "ros2_ws"
+INSTALL = WS / "install"
+BIN = INSTALL / "lphi_edge" / "lib" / "lphi_edge"  # the colcon-installed executables (ros2 run lphi_edge ...)
 DOMAIN = str(40 + os.getpid() % 50)  # isolate this test run's ROS graph
 os.environ["ROS_DOMAIN_ID"] = DOMAIN
 FLOOD_DOMAIN = str(int(DOMAIN) + 50)  # the frame flood runs in a graph of its own (see its test)
 DEMO_DOMAIN = str(int(DOMAIN) + 100)  # so does lphi-ros-demo: no participants left over from the tests before it
+
+
+def _workspace_built() -> bool:
+    """install/setup.bash exists and is newer than every source file (ros2_ws/build.sh touches it last)."""
+    marker = INSTALL / "setup.bash"
+    if not marker.is_file():
+        return False
+    sources = [f for f in (WS / "src").rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+    return marker.stat().st_mtime >= max(f.stat().st_mtime for f in sources)
+
+
+@functools.cache
+def workspace_env() -> dict[str, str]:
+    """The environment after `source ros2_ws/install/setup.bash`. The workspace is built first when it is missing
+    or older than its sources (what `make test` does before the suite), so the tests always run the current code."""
+    if not _workspace_built():
+        build = subprocess.run([str(WS / "build.sh"), sys.prefix], capture_output=True, text=True, timeout=600)
+        if build.returncode != 0 or not _workspace_built():
+            pytest.fail(f"ros2_ws/build.sh failed (exit {build.returncode}):\n{(build.stdout + build.stderr)[-3000:]}")
+    out = subprocess.run(
+        ["bash", "-c", f"source {INSTALL / 'setup.bash'} && env -0"], capture_output=True, check=True, timeout=60
+    )
+    return dict(kv.split("=", 1) for kv in out.stdout.decode().split("\0") if "=" in kv)
+
+
+def node_env(domain: str = DOMAIN, **extra: str) -> dict[str, str]:
+    return {**workspace_env(), "ROS_DOMAIN_ID": domain, **extra}
+
+
+@functools.cache
+def import_interfaces():
+    """lphi_edge_interfaces (Ask, Answer) in this already-running process: what `source install/setup.bash` gives a
+    new one through PYTHONPATH and LD_LIBRARY_PATH — the package on sys.path and its C libraries preloaded (the
+    loader reads LD_LIBRARY_PATH only at process start)."""
+    workspace_env()
+    prefix = INSTALL / "lphi_edge_interfaces"
+    for part in (
+        "generator_c",
+        "typesupport_c",
+        "typesupport_fastrtps_c",
+        "typesupport_introspection_c",
+        "generator_py",
+    ):
+        ctypes.CDLL(str(prefix / "lib" / f"liblphi_edge_interfaces__rosidl_{part}.so"), mode=ctypes.RTLD_GLOBAL)
+    sys.path.insert(
+        0, str(prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages")
+    )
+    from lphi_edge_interfaces.action import Ask
+    from lphi_edge_interfaces.msg import Answer
+
+    return Ask, Answer
 
 
 class Harness:
@@ -79,41 +140,62 @@ class Harness:
             self.executor.spin_once(timeout_sec=0.02)
         return done()
 
-    def frame_msg(self, rgb: np.ndarray, stamp_ns: int | None = None) -> Image:
+    def frame_msg(self, rgb: np.ndarray, stamp_ns: int | None = None, frame_id: str = "test_camera") -> Image:
         msg = Image(encoding="rgb8", height=rgb.shape[0], width=rgb.shape[1], step=rgb.shape[1] * 3)
         if stamp_ns is None:
             msg.header.stamp = self.node.get_clock().now().to_msg()
         else:
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-        msg.header.frame_id = "test_camera"
+        msg.header.frame_id = frame_id
         msg.data = rgb.tobytes()
         return msg
 
-    def show(self, rgb: np.ndarray) -> None:
-        """Publish a frame until the node has certainly received it (best-effort QoS, depth 1)."""
+    def show(self, rgb: np.ndarray, publisher=None, frame_id: str = "test_camera") -> None:
+        """Publish a frame (on `image`, or `publisher`) until the node has certainly received it (best-effort QoS,
+        depth 1)."""
+        publisher = publisher or self.image
         before = self.received()
-        self.spin_until(lambda: self.received() > before, 10, lambda: self.image.publish(self.frame_msg(rgb)))
+        publish = lambda: publisher.publish(self.frame_msg(rgb, frame_id=frame_id))  # noqa: E731
+        assert self.spin_until(lambda: self.received() > before, 20, publish), "the node did not receive the frame"
 
     def received(self) -> int:
         return int(self.diags[-1]["frames_received"]) if self.diags else -1
 
     def ask(self, question: str, timeout: float = 60.0, frame: np.ndarray | None = None) -> str:
-        """Publish a prompt; wait for its answer and its diagnostics."""
-        n, n_diag = len(self.answers), self.answer_diags()
+        """Publish a prompt; wait for its answer on `answer` and its diagnostics, which name the prompt (quoted when
+        refused for its length) — other answers (goals, auto prompts) may arrive in between."""
+        n, n_diag = len(self.answers), len(self.diags)
         self.prompt.publish(String(data=question))
         tick = None if frame is None else (lambda: self.image.publish(self.frame_msg(frame)))
-        done = lambda: len(self.answers) > n and self.answer_diags() > n_diag  # noqa: E731
-        assert self.spin_until(done, timeout, tick), f"no answer to {question!r}"
-        return self.answers[n]
+        names = (question, quote(question))
+        mine = lambda: next((d for d in self.diags[n_diag:] if "answer" in d and d["prompt"] in names), None)  # noqa: E731
+        done = lambda: mine() is not None and mine()["answer"] in self.answers[n:]  # noqa: E731
+        assert self.spin_until(done, timeout, tick), f"no answer to {question[:100]!r}"
+        return mine()["answer"]
 
     def answer_diags(self) -> int:
         return sum("answer" in d for d in self.diags)
+
+    def answer_diag(self) -> dict[str, str]:
+        """The diagnostics of the latest answer (the node also publishes its status every second)."""
+        return next(d for d in reversed(self.diags) if "answer" in d)
+
+    def wait_diag(
+        self, text: str, timeout: float = 20, tick: Callable[[], None] | None = None, since: int | None = None
+    ) -> dict[str, str]:
+        """The first diagnostics from now on (or from the `since`-th) whose message contains `text`."""
+        n = len(self.diags) if since is None else since
+        found = lambda: next((d for d in self.diags[n:] if text in d["_message"]), None)  # noqa: E731
+        assert self.spin_until(lambda: found() is not None, timeout, tick), f"no diagnostics saying {text!r}"
+        return found()
 
     def set_parameters(self, **values) -> list:
         assert self.params.wait_for_service(timeout_sec=10)
         req = SetParameters.Request()
         for name, value in values.items():
-            if isinstance(value, bool):
+            if isinstance(value, list):
+                pv = ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=value)
+            elif isinstance(value, bool):
                 pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
             elif isinstance(value, int):
                 pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
@@ -130,25 +212,41 @@ class Harness:
 _COUNT = iter(range(1000))
 
 
-def start_node(
-    *ros_args: str, context: Context | None = None, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen, Harness]:
-    """A vqa_node in its own namespace (its own prompt / image / answer topics) and the test's harness there
-    (on the module's graph, or on `context` with the node's environment `env`)."""
-    ns = f"/t{os.getpid()}_{next(_COUNT)}"
+def spawn_node(ns: str, *ros_args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The colcon-installed vqa_node in namespace `ns`, its output in a file (`proc.log`)."""
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(
-        [str(EXE / "lphi-vqa-node"), "--ros-args", "-r", f"__ns:={ns}", *ros_args],
+        [str(BIN / "vqa_node"), "--ros-args", "-r", f"__ns:={ns}", *ros_args],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env or {**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+        env=env or node_env(),
     )
     proc.log = log  # type: ignore[attr-defined]
-    h = Harness(ns, context)
+    return proc
+
+
+def new_namespace() -> str:
+    return f"/t{os.getpid()}_{next(_COUNT)}"
+
+
+def start_node(
+    *ros_args: str, context: Context | None = None, env: dict[str, str] | None = None, harness=None
+) -> tuple[subprocess.Popen, Harness]:
+    """A vqa_node in its own namespace (its own prompt / image / answer topics) and the test's harness there
+    (on the module's graph, or on `context` with the node's environment `env`); `harness`: its class."""
+    ns = new_namespace()
+    proc = spawn_node(ns, *ros_args, env=env)
+    h = (harness or Harness)(ns, context)
     ok = h.spin_until(lambda: h.prompt.get_subscription_count() > 0 and h.params.service_is_ready(), 60)
-    assert ok and proc.poll() is None, "vqa_node did not come up"
+    assert ok and proc.poll() is None, f"vqa_node did not come up: {read_log(proc)[-3000:]}"
     return proc, h
+
+
+def read_log(proc: subprocess.Popen) -> str:
+    """The node's output so far (pread: the node shares the file offset, which must not move)."""
+    fd = proc.log.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
 
 def stop_node(proc: subprocess.Popen) -> str:
@@ -159,8 +257,7 @@ def stop_node(proc: subprocess.Popen) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    proc.log.seek(0)
-    log = proc.log.read()
+    log = read_log(proc)
     assert proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     return log
@@ -201,7 +298,7 @@ def test_answers_match_the_model_about_the_newest_frame_with_diagnostics(node):
             assert got == reference.ask(frame, qa.question, max_new_tokens=32).text  # about this very frame
             asked, right = asked + 1, right + (got.strip().lower() == answer_question(scene, qa.question))
     assert right / asked >= 0.6, f"{right}/{asked} correct"
-    d = h.diags[-1]
+    d = h.answer_diag()
     for key in ("frame_stamp", "frame_age_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms", "tokens_per_s"):
         assert key in d, key
     assert d["frame_id"] == "test_camera" and float(d["frame_to_answer_ms"]) >= float(d["frame_age_ms"]) >= 0
@@ -217,9 +314,9 @@ def test_stale_frames_and_no_frames_get_an_answer_saying_so(ros):
         assert h.ask("How many shapes are there?").startswith("[no frame] No camera frame has arrived on /t")
         frame = scenes(1, seed=1)[0][0]
         old = time.time_ns() - 10_000_000_000  # stamped 10 s ago
-        before = len(h.diags)
+        before = h.answer_diags()
         h.spin_until(lambda: False, 1.0, lambda: h.image.publish(h.frame_msg(frame, old)))
-        assert len(h.diags) == before  # frames themselves publish nothing
+        assert h.answer_diags() == before  # frames themselves are never answered
         answer = h.ask("How many shapes are there?")
         assert (
             answer.startswith("[no frame] The newest camera frame on /t")
@@ -237,18 +334,15 @@ def test_malformed_frames_are_counted_and_the_node_keeps_answering(node):
     h.show(good)
     base = int(h.diags[-1]["frames_malformed"])
     bad = [
-        Image(encoding="yuv422", height=4, width=4, step=8, data=bytes(32)),
-        Image(encoding="rgb8", height=10, width=10, step=30, data=bytes(299)),
-        Image(encoding="rgb8", height=0, width=0, step=0, data=b""),
-        Image(encoding="rgb8", height=60000, width=60000, step=180000, data=bytes(16)),
+        (Image(encoding="yuv422", height=4, width=4, step=8, data=bytes(32)), "unsupported image encoding 'yuv422'"),
+        (Image(encoding="rgb8", height=10, width=10, step=30, data=bytes(299)), "expected step × height"),
+        (Image(encoding="rgb8", height=0, width=0, step=0, data=b""), "empty image"),
+        (Image(encoding="rgb8", height=60000, width=60000, step=180000, data=bytes(16)), "exceeds 16384"),
+        (Image(encoding="rgb8", height=8000, width=8000, step=24000, data=bytes(16)), "exceeds max_frame_pixels"),
     ]
-    for msg in bad:
-        n = len(h.diags)
-        h.spin_until(lambda n=n: len(h.diags) > n, 10, lambda msg=msg: h.image.publish(msg))
-    assert int(h.diags[-1]["frames_malformed"]) >= base + len(bad)
-    messages = [d["_message"] for d in h.diags]
-    for reason in ("unsupported image encoding 'yuv422'", "expected step × height", "empty image", "exceeds 16384"):
-        assert any(reason in m for m in messages), reason
+    for msg, reason in bad:
+        d = h.wait_diag(reason, tick=lambda msg=msg: h.image.publish(msg))
+    assert int(d["frames_malformed"]) >= base + len(bad)
     h.show(good)
     assert h.ask(qas[0].question) in ("1", "2", "3")  # still answering, about the good frame
 
@@ -275,14 +369,14 @@ def test_parameters_are_validated_and_take_effect(node):
     h.show(frame)
     # threads reach the engine: the model reloads with them, and each answer's diagnostics say what it ran with
     h.ask("How many shapes are there?")
-    assert h.diags[-1]["engine_threads"] == "onnxruntime_intra_op=0, onnxruntime_inter_op=0"  # the defaults
+    assert h.answer_diag()["engine_threads"] == "onnxruntime_intra_op=0, onnxruntime_inter_op=0"  # the defaults
     assert h.set_parameters(threads=1)[0].successful
     h.spin_until(lambda: False, 1.0)  # the worker reloads between answers (within its 0.2 s poll)
     h.ask("How many shapes are there?")
-    assert h.diags[-1]["engine_threads"] == "onnxruntime_intra_op=1, onnxruntime_inter_op=1"
+    assert h.answer_diag()["engine_threads"] == "onnxruntime_intra_op=1, onnxruntime_inter_op=1"
     assert h.set_parameters(max_new_tokens=1)[0].successful
     long = h.ask("Describe the image briefly.")
-    assert h.diags[-1]["new_tokens"] == "1", long
+    assert h.answer_diag()["new_tokens"] == "1", long
     assert h.set_parameters(max_new_tokens=32)[0].successful
     # a smaller queue drops the oldest prompts, counted and reported
     assert h.set_parameters(queue_size=1)[0].successful
@@ -306,25 +400,35 @@ def test_parameters_are_validated_and_take_effect(node):
     assert len(h.answers) == n
 
 
-def test_compressed_transport_with_corrupt_jpeg(ros):
+def test_compressed_transport_corrupt_and_oversized_jpegs(node):
+    """image_transport switched at run time; a corrupt JPEG and one whose header claims 16000×16000 (a few hundred
+    bytes on the wire, 768 MB decoded) are counted and reported — the latter refused from its header, undecoded."""
     cv2 = pytest.importorskip("cv2")
-    proc, h = start_node("-p", "image_transport:=compressed", "-p", "max_frame_age_s:=30.0")
+    h, proc = node
+    assert h.set_parameters(image_transport="compressed")[0].successful
     try:
         frame, scene, qas = scenes(1, seed=11)[0]
-        ok, jpg = cv2.imencode(".png", np.ascontiguousarray(frame[:, :, ::-1]))
-        good = CompressedImage(format="png", data=jpg.tobytes())
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(frame[:, :, ::-1]))
+        good = CompressedImage(format="png", data=png.tobytes())
         corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0" + bytes(500))
-        n = len(h.diags)
-        h.spin_until(lambda: len(h.diags) > n, 10, lambda: h.compressed.publish(corrupt))
-        assert "cannot decode 504-byte compressed frame" in h.diags[-1]["_message"]
+        ok, jpg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+        huge = bytearray(jpg.tobytes())
+        sof = huge.find(b"\xff\xc0")
+        huge[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2  # the start of frame claims 16000×16000
+        huge = CompressedImage(format="jpeg", data=bytes(huge))
+        h.wait_diag("cannot decode 504-byte compressed frame", tick=lambda: h.compressed.publish(corrupt))
+        rss = _rss_mb(proc.pid)
+        h.wait_diag(
+            "image 16000x16000 = 256000000 pixels exceeds max_frame_pixels", tick=lambda: h.compressed.publish(huge)
+        )
+        assert _rss_mb(proc.pid) - rss < 200  # decoding it would take 768 MB
         reference = Assistant.from_pretrained("shapes-demo", backend="onnxruntime")
-        h.spin_until(lambda: False, 0.5, lambda: h.compressed.publish(good))
+        h.show(frame, publisher=SimpleNamespace(publish=lambda _: h.compressed.publish(good)))
         got = h.ask(qas[0].question)
         assert got == reference.ask(frame, qas[0].question, max_new_tokens=32).text
-        assert int(h.diags[-1]["frames_malformed"]) >= 1
+        assert int(h.diags[-1]["frames_malformed"]) >= 2
     finally:
-        h.close()
-        stop_node(proc)
+        assert h.set_parameters(image_transport="raw")[0].successful
 
 
 def _rss_mb(pid: int) -> float:
@@ -345,7 +449,7 @@ def large_data(monkeypatch):
     monkeypatch.setenv("ROS_DOMAIN_ID", FLOOD_DOMAIN)
     context = Context()
     rclpy.init(args=[], context=context, domain_id=int(FLOOD_DOMAIN))
-    yield context, dict(os.environ)
+    yield context, node_env(FLOOD_DOMAIN, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
     rclpy.try_shutdown(context=context)
 
 
@@ -405,20 +509,20 @@ def test_params_file_and_bad_startup(ros):
         log = stop_node(proc)
     assert "loaded shapes-demo (onnxruntime fp32 on cpu)" in log
     bad = subprocess.run(
-        [str(EXE / "lphi-vqa-node"), "--ros-args", "-p", "queue_size:=0"],
+        [str(BIN / "vqa_node"), "--ros-args", "-p", "queue_size:=0"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+        env=node_env(),
     )
     assert bad.returncode == 2 and "queue_size=0 must be an integer in 1..1000" in bad.stderr
     assert "Traceback" not in bad.stderr
     bad = subprocess.run(
-        [str(EXE / "lphi-vqa-node"), "--ros-args", "-p", "device:=gpu"],
+        [str(BIN / "vqa_node"), "--ros-args", "-p", "device:=gpu"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+        env=node_env(),
     )
     assert bad.returncode == 2 and "device='gpu' must be cpu | cuda | cuda:N" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -431,11 +535,11 @@ def test_camera_node_folder_source_feeds_the_vqa_node(ros, tmp_path):
     PILImage.fromarray(frame).save(tmp_path / "000.png")
     proc, h = start_node("-p", "max_frame_age_s:=30.0")
     cam = subprocess.Popen(
-        [str(EXE / "lphi-camera-node"), "--ros-args", "-r", f"__ns:={h.ns}", "-p", f"source:={tmp_path}"],
+        [str(BIN / "camera_node"), "--ros-args", "-r", f"__ns:={h.ns}", "-p", f"source:={tmp_path}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "ROS_DOMAIN_ID": DOMAIN},
+        env=node_env(),
     )
     try:
         assert h.spin_until(lambda: h.node.count_publishers(f"{h.ns}/image") > 0, 30)
@@ -444,7 +548,7 @@ def test_camera_node_folder_source_feeds_the_vqa_node(ros, tmp_path):
             h.spin_until(lambda: False, 0.5)
         reference = Assistant.from_pretrained("shapes-demo", backend="onnxruntime")
         assert got == reference.ask(frame, qas[0].question, max_new_tokens=32).text
-        assert h.diags[-1]["frame_id"] == "camera"
+        assert h.answer_diag()["frame_id"] == "camera"
     finally:
         cam.send_signal(signal.SIGINT)
         try:
@@ -519,3 +623,75 @@ def test_ros_demo_asks_again_after_silence_and_no_frame_replies(ros):
         executor.shutdown()
         server.destroy_node()
         client.destroy_node()
+
+
+def test_frame_reuse_is_on_by_default_and_its_parameters_apply_between_answers(node):
+    """A frame a few levels off the last one reuses its features (and the stored answer to the same question) at the
+    library's default tolerance; frame_reuse_tolerance 0 asks for exact frames; visual_tokens applies between
+    answers, and a value this model cannot serve (K > N) is reported while the node keeps what it had."""
+    h, _ = node
+    for name, bad, reason in (
+        ("frame_reuse_tolerance", -0.5, "must be -1 (the library's default tolerance), 0 (exact frames only)"),
+        ("visual_tokens", -1, "must be 0 (all the image tokens) or an integer K ≥ 1"),
+    ):
+        result = h.set_parameters(**{name: bad})[0]
+        assert not result.successful and f"{name}={bad!r} {reason}" in result.reason
+    frame = scenes(1, seed=8)[0][0]
+    nudged = [frame.copy() for _ in range(2)]
+    for k, f in enumerate(nudged, start=1):
+        f[:16, :16] = np.clip(f[:16, :16].astype(int) + k, 0, 255).astype(np.uint8)  # (16, 16, 3): +1, +2 levels
+    q = "How many shapes are there?"
+    h.show(frame)
+    first = h.ask(q)
+    h.show(nudged[0])
+    assert h.ask(q) == first
+    d = h.answer_diag()
+    assert d["frame_reused"] == "True" and d["answer_reused"] == "True" and 0 < float(d["frame_difference"]) < 9
+    assert int(d["frames_reused"]) >= 1 and int(d["answers_reused"]) >= 1
+    assert h.set_parameters(frame_reuse_tolerance=0.0)[0].successful
+    try:
+        h.spin_until(lambda: False, 1.0)  # applied between answers (the worker looks every 0.2 s)
+        h.show(nudged[1])
+        assert h.ask(q) == first and h.answer_diag()["frame_reused"] == "False"  # not the same pixels: run anew
+        assert h.set_parameters(visual_tokens=16)[0].successful  # the shipped export carries the attention
+        h.spin_until(lambda: False, 1.0)
+        h.show(frame)
+        h.ask(q)
+        assert int(h.answer_diag()["prompt_tokens"]) == int(d["prompt_tokens"]) - (64 - 16)  # 16 of 64 image tokens
+        assert h.set_parameters(visual_tokens=100)[0].successful  # a valid parameter this model cannot serve
+        failure = h.wait_diag("still answering with")
+        assert "100" in failure["_message"]
+        h.show(nudged[1])
+        h.ask(q)
+        assert int(h.answer_diag()["prompt_tokens"]) == int(d["prompt_tokens"]) - 48  # kept what it had
+    finally:
+        assert h.set_parameters(frame_reuse_tolerance=-1.0, visual_tokens=0)[0].successful
+
+
+def test_the_node_from_a_lean_install_answers_about_a_copied_export(ros, lean_venv, tmp_path):
+    """The robot's install (`pip install ".[onnx,ros]"`: no torch, no transformers, no colcon workspace) runs
+    `lphi-vqa-node` on an export directory copied elsewhere, and it answers like the model."""
+    from lphi_edge.format.shipped import SHIPPED_EXPORTS
+
+    copied = shutil.copytree(SHIPPED_EXPORTS["shapes-demo"], tmp_path / "model")
+    # a robot's shell, not this test's: no workspace, and the ROS wheels' bootstrapper (which sets
+    # LD_LIBRARY_PATH to a venv's lib/ once per process tree) not yet run for the lean venv
+    skip = ("AMENT", "COLCON", "PYTHONPATH", "LD_LIBRARY", "_ROS_WHEELS_BOOTSTRAP")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+    ns = new_namespace()
+    log = tempfile.TemporaryFile("w+")
+    cmd = [str(lean_venv / "lphi-vqa-node"), "--ros-args", "-r", f"__ns:={ns}", "-p", f"model:={copied}"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env | {"ROS_DOMAIN_ID": DOMAIN})
+    proc.log = log  # type: ignore[attr-defined]
+    h = Harness(ns)
+    try:
+        up = h.spin_until(lambda: h.prompt.get_subscription_count() > 0, 60)
+        assert up and proc.poll() is None, f"the lean node did not come up: {read_log(proc)[-3000:]}"
+        frame, _, qas = scenes(1, seed=7)[0]
+        h.show(frame)
+        reference = Assistant.from_pretrained("shapes-demo", backend="onnxruntime")
+        assert h.ask(qas[0].question) == reference.ask(frame, qas[0].question, max_new_tokens=32).text
+        assert "Traceback" not in read_log(proc)
+    finally:
+        h.close()
+        stop_node(proc)

@@ -66,7 +66,7 @@ def _threads(rows: list[dict[str, Any]]) -> str:
 def _speed(x: dict[str, Any] | None) -> str:
     if not x:
         return "—"
-    cell = f"{x['decode_per_token']}× / {x['ttft']}× / {x['vision']}×"
+    cell = " / ".join("—" if x[k] is None else f"{x[k]}×" for k in ("decode_per_token", "ttft", "vision"))
     return f"{cell} vs {x['baseline']}" if "baseline" in x else cell
 
 

@@ -4,6 +4,12 @@ machine's floor.
 The baseline is transformers' eager generate() in the precision of the engine it is compared with
 (`baseline_precision`): one baseline per precision needed, and every speed-up records which it used, so
 e.g. fp16 + CUDA graphs is compared with fp16 transformers, not with fp32.
+
+Rows of one engine (same loaded engine, interleaved with the others): `--visual-tokens K,...` adds a row per
+K (the LM fed K of the N image tokens); `--reused-frame` adds a row whose timed question is about a new
+capture of the frame asked about just before (sensor noise and JPEG, data/camera.py) with frame reuse on: its
+features and image positions come from the caches. That row also times the same question asked once more
+(a stored greedy answer: `stored_answer_ttft_ms`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +28,17 @@ from tqdm.auto import tqdm
 
 from lphi_edge.bench.costs import PHI2_HIDDEN, PHI2_LAYERS, Arch
 from lphi_edge.bench.machine import compute_gflops, machine_info, memory_bandwidth_gbs, memory_read_gbs, rss_mb
+from lphi_edge.data.camera import Camera
 from lphi_edge.errors import ConfigError
 from lphi_edge.runtime.device import check_threads, parse_device
+from lphi_edge.runtime.generation import GenerationConfig
+from lphi_edge.runtime.visual_tokens import VisualTokens
 
 logger = logging.getLogger(__name__)
 STAGES = ("preprocess", "vision", "prefill", "decode_per_token", "end_to_end")
 DEFAULT_PROMPT = "What is in front of the robot? Answer with one word."
+REUSED_FRAME_FIRST_PROMPT = "Describe the scene."  # asked about the first capture before a reused-frame run
+REUSED_FRAME_CAMERA = Camera(noise=2.0, jpeg_quality=95)  # a reused-frame run's captures (ROS compressed: q 95)
 EXPORT_FLAGS = {
     "fp32": [],
     "fp16": ["--fp16"],
@@ -66,15 +77,20 @@ class BenchConfig:
     runs: int = 5
     warmup: int = 1
     threads: int | None = None  # torch's and onnxruntime's intra-op threads (None: each library's default)
+    provider: str | None = None  # onnxruntime's execution provider for exports: cpu | cuda | tensorrt
     baseline: str | None = None  # "hf"
     synthetic_config: str | None = None
     synthetic_exports: tuple[str, ...] = ()
     work: str = ".cache/lphi-bench"
     torch_dtypes: tuple[str, ...] = ("fp32",)  # each checkpoint is measured in each
     cuda_graphs: str = "on"  # torch backend on CUDA: "on", "off" (eager decode) or "both", side by side
+    visual_tokens: tuple[int, ...] = ()  # a row per K (per engine) beside the all-tokens row
+    reused_frame: bool = False  # a row per engine: a new capture of the frame just asked about, frame reuse on
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", str(parse_device(self.device)))  # canonical: cpu, cuda, cuda:N
+        for k in self.visual_tokens:
+            VisualTokens.of(k)  # K ≥ 1 here; K ≤ N once each model is loaded
         check_threads(self.threads, "--threads")
         if not self.torch_dtypes or any(d not in ("fp32", "fp16", "bf16") for d in self.torch_dtypes):
             raise ConfigError(f"--torch-dtypes must name fp32 / fp16 / bf16, got {self.torch_dtypes}")
@@ -111,6 +127,8 @@ class Target:
     arch: Arch | None
     load_rss_mb: float  # resident memory the process grew by while loading this engine
     kv_cache: str | None = None  # an export's decoder cache: "concat", "shared" or "shared/int8"
+    visual_tokens: int | None = None  # K image tokens fed to the LM (None: all N)
+    reused_frame: bool = False  # the timed question is about a new capture of the frame asked about before
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "ttft")})
     copy_gbs_before: list[float] = field(default_factory=list)  # the copy rate measured just before each run
     copy_gbs: list[float] = field(default_factory=list)  # ... and just after it: beside the decode, which ends a run
@@ -145,6 +163,8 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
 
     path = resolve_model_dir(model, cfg.backend)
     extra = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
+    if cfg.provider is not None and is_export_dir(path):
+        extra["provider"] = cfg.provider
     assistant, load_s, load_rss = _load(
         lambda: Assistant.from_pretrained(
             path, backend=cfg.backend, device=cfg.device, dtype=dtype, threads=cfg.threads, **extra
@@ -168,6 +188,26 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
         label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch, load_rss,
         kv_cache,
     )  # fmt: skip
+
+
+def variants(t: Target, cfg: BenchConfig) -> list[Target]:
+    """The engine's rows: all tokens, each K of --visual-tokens (K = N is the all-tokens row), a reused frame.
+    They share the loaded engine; each has its own samples."""
+    if t.backend == "transformers":
+        return [t]
+    n = t.runner.backend.spec.image_tokens
+    for k in cfg.visual_tokens:
+        VisualTokens(k).check(n)
+    rows = [t]
+    rows += [_variant(t, f"{t.label}, K={k}", visual_tokens=k) for k in dict.fromkeys(cfg.visual_tokens) if k != n]
+    if cfg.reused_frame:
+        rows.append(_variant(t, f"{t.label}, reused frame", reused_frame=True))
+    return rows
+
+
+def _variant(t: Target, label: str, **changes: Any) -> Target:
+    fresh = {"samples": {s: [] for s in (*STAGES, "ttft")}, "copy_gbs_before": [], "copy_gbs": []}
+    return replace(t, label=label, peak_rss_mb=0.0, gpu_peak_mb=None, **fresh, **changes)
 
 
 def load_baseline(model: str, cfg: BenchConfig, dtype: str = "fp32") -> Target:
@@ -211,22 +251,41 @@ def _torch_bytes(model) -> tuple[int, int]:
     return sum(nbytes.values()), decode
 
 
-def _once(t: Target, image: np.ndarray, cfg: BenchConfig) -> dict[str, float]:
+def _once(t: Target, image: np.ndarray, cfg: BenchConfig, rng: np.random.Generator) -> dict[str, float]:
     if t.backend == "transformers":
         return t.runner.run(image, cfg.prompt, cfg.new_tokens)
-    t.runner.reset()  # no KV prefix or feature cache carried between runs
+    a = t.runner
+    a.configure(visual_tokens=t.visual_tokens, frame_reuse=t.reused_frame)  # this row's settings, one engine
+    a.reset()  # no KV prefix, feature cache or stored answer carried between runs
+    scene = image
+    if t.reused_frame:  # the scene was seen a moment ago (another question); now a new capture of it
+        a.ask(REUSED_FRAME_CAMERA.capture(scene, rng), REUSED_FRAME_FIRST_PROMPT, max_new_tokens=1)
+        image = REUSED_FRAME_CAMERA.capture(scene, rng)
     t0 = time.perf_counter()
-    ans = t.runner.ask(image, cfg.prompt, max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens)
+    config = GenerationConfig(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens)
+    ans = a.ask(image, cfg.prompt, config=config)
     e2e = (time.perf_counter() - t0) * 1e3
     tm = ans.timings
-    return {
+    out = {
         "preprocess": tm.preprocess_ms,
         "vision": tm.vision_ms,
         "prefill": tm.prefill_ms,
         "ttft": tm.ttft_ms,
         "decode_per_token": tm.decode_ms / max(tm.new_tokens - 1, 1),
         "end_to_end": e2e,
+        "prefilled_positions": tm.prompt_tokens - tm.cached_tokens,
     }
+    if t.reused_frame:
+        if not tm.frame_reused:
+            raise ConfigError(
+                f"{t.label}: the new capture was not reused (frame difference {tm.frame_difference:.2f} > tolerance "
+                f"{a.frame_reuse.tolerance}): the reused-frame row would time a cold frame"
+            )
+        again = a.ask(REUSED_FRAME_CAMERA.capture(scene, rng), cfg.prompt, config=config)  # a stored answer
+        if not again.timings.answer_reused:
+            raise ConfigError(f"{t.label}: the same question about a third capture was not answered as stored")
+        out |= {"frame_difference": tm.frame_difference, "stored_answer_ttft": again.timings.ttft_ms}
+    return out
 
 
 def _synthetic_models(cfg: BenchConfig) -> list[str]:
@@ -262,7 +321,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     threads = torch.get_num_threads()
     models = list(cfg.models) + (_synthetic_models(cfg) if cfg.synthetic_config else [])
     image = _image(cfg.image)
-    targets = [t for m in models for t in load_targets(m, cfg)]
+    targets = [v for m in models for t in load_targets(m, cfg) for v in variants(t, cfg)]
     baselines = load_baselines(targets, cfg) if cfg.baseline == "hf" else {}
     everyone = targets + list(baselines.values())
     logger.info("measuring the machine's floor (copy, read and matmul tests)")
@@ -276,6 +335,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)
     gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
     cuda = cfg.cuda
+    rng = np.random.default_rng(0)  # the reused-frame rows' captures
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="lphi-bench", unit="round"):
         if r:
             read_samples.append(memory_read_gbs(device=dev, repeats=3))
@@ -286,7 +346,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 copy_samples.append(t.copy_gbs_before[-1])
             if cuda:
                 torch.cuda.reset_peak_memory_stats(dev)
-            stages = _once(t, image, cfg)
+            stages = _once(t, image, cfg, rng)
             if measured:
                 t.copy_gbs.append(memory_bandwidth_gbs(device=dev, repeats=2))
                 copy_samples.append(t.copy_gbs[-1])
@@ -295,10 +355,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 t.gpu_peak_mb = max(t.gpu_peak_mb or 0.0, torch.cuda.max_memory_allocated(dev) / 2**20)
             if measured:
                 for k, v in stages.items():
-                    t.samples[k].append(v)
+                    t.samples.setdefault(k, []).append(v)
     bandwidth, read_bw = max(copy_samples), max(read_samples)
     prompt_positions = _prompt_positions(targets[0], cfg.prompt)
-    results = [_result(t, bandwidth, read_bw, gflops, prompt_positions, cfg) for t in targets]
+    results = [_result(t, bandwidth, read_bw, gflops, _prefilled(t, prompt_positions), cfg) for t in targets]
     keys = [r["key"] for r in results]
     for r in results:  # two models with one backend/precision: tell them apart by model
         if keys.count(r["key"]) > 1:
@@ -340,7 +400,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
 def _speedup(res: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """p50 baseline ÷ p50 engine per stage and TTFT, and which baseline (hence which precision) that was."""
-    out: dict[str, Any] = {s: _sig(base["stages_ms"][s]["p50"] / max(res["stages_ms"][s]["p50"], 1e-9)) for s in STAGES}
+    out: dict[str, Any] = {  # None: the engine skipped the stage (a reused frame's vision encoder)
+        s: _sig(base["stages_ms"][s]["p50"] / res["stages_ms"][s]["p50"]) if res["stages_ms"][s]["p50"] else None
+        for s in STAGES
+    }
     out["ttft"] = _sig(base["ttft_ms"]["p50"] / max(res["ttft_ms"]["p50"], 1e-9))
     out["baseline"] = base["key"]
     return out
@@ -371,6 +434,12 @@ def _prompt_positions(t: Target, prompt: str) -> int:
     return len(a.tokenizer.encode_prompt(text)) - 1 + a.backend.spec.image_tokens
 
 
+def _prefilled(t: Target, default: int) -> int:
+    """The prompt positions a row's prefill computed (median of its runs; fewer with K tokens or a reused frame)."""
+    xs = t.samples.get("prefilled_positions")
+    return int(np.median(xs)) if xs else default
+
+
 def _result(
     t: Target, bandwidth: float, read_bw: float, gflops: float, positions: int, cfg: BenchConfig
 ) -> dict[str, Any]:
@@ -388,6 +457,9 @@ def _result(
         "device": t.device,
         "threads": _threads(t),
         "kv_cache": t.kv_cache,
+        "visual_tokens": t.visual_tokens,
+        "reused_frame": t.reused_frame,
+        "prefilled_positions": positions,
         "stages_ms": stages,
         "ttft_ms": _pct(t.samples["ttft"]),
         "decode_tokens_per_s": round(1e3 / stages["decode_per_token"]["p50"], 2),
@@ -411,12 +483,15 @@ def _result(
         },
         "extrapolated_32_layers": None,
     }
+    if t.reused_frame:
+        res["frame_difference"] = _pct(t.samples["frame_difference"])
+        res["stored_answer_ttft_ms"] = _pct(t.samples["stored_answer_ttft"])
     if t.arch is not None:
         vf, pf = t.arch.vision_flops() / (gflops * 1e9) * 1e3, t.arch.prefill_flops(positions) / (gflops * 1e9) * 1e3
         res["vision_floor_ms"], res["prefill_floor_ms"] = _sig(vf), _sig(pf)
-        res["floor_fraction"] |= {
-            "vision": _sig(vf / stages["vision"]["p50"]),
-            "prefill": _sig(pf / stages["prefill"]["p50"]),
+        res["floor_fraction"] |= {  # None: the stage did not run (a reused frame has no vision encoder)
+            "vision": _sig(vf / stages["vision"]["p50"]) if stages["vision"]["p50"] else None,
+            "prefill": _sig(pf / stages["prefill"]["p50"]) if stages["prefill"]["p50"] else None,
         }
         if t.arch.text_hidden == PHI2_HIDDEN and t.arch.text_layers < PHI2_LAYERS:  # a phi2-Nl synthetic model
             f = t.arch.full_size_factors(positions)

@@ -2,6 +2,7 @@
 
     lphi-ask --model DIR --image PATH --prompt TEXT [--backend B] [--device D] [--dtype T] [--threads N]
              [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--stop STR ...] [--json]
+             [--visual-tokens K]
 
 Without --json the answer streams to stdout and a timing line goes to stderr. With --json, stdout's
 last line is one JSON object: text, token_ids, finish_reason, backend, precision, device, timings_ms.
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; default cpu (cuda for tensorrt)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="torch backend precision (fp32)")
     p.add_argument(
+        "--provider",
+        default=None,
+        choices=["cpu", "cuda", "tensorrt"],
+        help="onnxruntime execution provider (default: the device's); refused, never a silent CPU fallback",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -43,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument(
+        "--visual-tokens",
+        type=int,
+        default=None,
+        metavar="K",
+        help="feed the LM K of the image's N tokens, those the vision tower attends to most (VisionZip; 1..N)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (last line of stdout)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return p
@@ -57,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         from lphi_edge.processing.image import load_image
         from lphi_edge.processing.template import check_question
         from lphi_edge.runtime.device import check_threads, parse_device
+        from lphi_edge.runtime.visual_tokens import VisualTokens
 
         # Cheap checks first: a bad device, thread count, image or prompt must not wait for the weights to load.
         if args.device is not None:
             parse_device(args.device)
         check_threads(args.threads, "--threads")
+        VisualTokens.of(args.visual_tokens)  # K ≥ 1 now; K ≤ N once the model is known
         gen = generation_config(
             dict(
                 max_new_tokens=args.max_new_tokens,
@@ -75,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         check_question(args.prompt)
         image = load_image(args.image)
         assistant = Assistant.from_pretrained(
-            args.model, backend=args.backend, device=args.device, dtype=args.dtype, threads=args.threads
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            dtype=args.dtype,
+            threads=args.threads,
+            **({"provider": args.provider} if args.provider else {}),
+            visual_tokens=args.visual_tokens,
         )
         if args.json:
             answer = assistant.ask(image, args.prompt, config=gen)

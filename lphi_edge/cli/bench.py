@@ -4,10 +4,13 @@ in one process, next to transformers' eager generate() and the machine's floor.
     lphi-bench --model ckpt/ --model export-int4/ --baseline hf --json out.json --markdown out.md --plot out.png
     lphi-bench --synthetic-config phi2-2l --synthetic-exports fp16,int8,int4 --baseline hf --json out.json
     lphi-bench --model ckpt/ --device cuda:1 --torch-dtypes fp16,bf16 --baseline hf --threads 4
+    lphi-bench --synthetic-config phi2-2l --visual-tokens 144,64 --reused-frame --baseline hf --json out.json
 
 --baseline hf measures transformers' generate() once per precision the engines need (fp16 engines against
 fp16 transformers, ...); each speed-up names its baseline. Each result records the CPU threads its engine ran
 with ("threads"). A bad --device or --threads is one `lphi-bench: error: ...` line and exit status 2.
+--visual-tokens K,... adds a row per K for each engine, --reused-frame a row timing a new capture of the frame
+just asked about (frame reuse on), both on the same loaded engine, interleaved with the others.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", default=[], help="checkpoint or export directory (repeatable)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), help="default: from each model")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu); the floors are measured there too")
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), help="onnxruntime execution provider for exports")
     p.add_argument("--image", help="frame to ask about (default: the shipped sample frame)")
     p.add_argument("--prompt", help="question (default: a one-word question)")
     p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run (eos masked until then)")
@@ -57,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="torch backend on CUDA: decode from a captured CUDA graph, eagerly, or both side by side",
     )
+    p.add_argument(
+        "--visual-tokens",
+        default="",
+        metavar="K[,K...]",
+        help="also a row per K for each engine: the LM fed K of the N image tokens (VisionZip-style, 1..N)",
+    )
+    p.add_argument(
+        "--reused-frame",
+        action="store_true",
+        help="also a row per engine: a new noisy capture of the frame just asked about, frame reuse on (TTFT "
+        "from the cached features and image positions; the same question again: a stored answer)",
+    )
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--markdown", help="write the table here")
     p.add_argument("--plot", help="write the stacked stage bars here (PNG)")
@@ -78,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
             runs=args.runs,
             warmup=args.warmup,
             threads=args.threads,
+            provider=args.provider,
             baseline=args.baseline,
             synthetic_config=args.synthetic_config,
             synthetic_exports=tuple(x for x in args.synthetic_exports.split(",") if x),
             work=args.work,
             torch_dtypes=tuple(x for x in args.torch_dtypes.split(",") if x),
             cuda_graphs=args.cuda_graphs,
+            visual_tokens=_ints(args.visual_tokens, "--visual-tokens"),
+            reused_frame=args.reused_frame,
         )
         result = run_bench(cfg)
         result["command"] = " ".join(["lphi-bench", *(argv if argv is not None else sys.argv[1:])])
@@ -99,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run("lphi-bench", _main)
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    from lphi_edge.errors import ConfigError
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes whole numbers separated by commas, got {text!r}") from None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """lphi-eval: run a benchmark, score it with the official rules, compare runs, report against the paper.
 
 lphi-eval run --model DIR --benchmark B --questions Q --images DIR --out ANSWERS.jsonl [--limit N] [--backend B]
-lphi-eval run --model shapes-demo --benchmark shapes --out shapes.jsonl [--n 400 --seed 12345]
+lphi-eval run --model shapes-demo --benchmark shapes --out shapes.jsonl [--n 400 --seed 12345] [--visual-tokens K]
+lphi-eval run --model shapes-demo --benchmark shapes-stream --frame-reuse on --out s.jsonl [--noise 3 --jpeg-quality 90]
 lphi-eval score --benchmark pope --questions Q.jsonl --answers A.jsonl --annotations DIR [--json]
 lphi-eval score --benchmark sqa --problems-dir DIR --answers A.jsonl [--split test]
 lphi-eval score --benchmark textvqa --annotations TextVQA_0.5.1_val.json --answers A.jsonl
@@ -30,6 +31,15 @@ def _scorer_flags(p: argparse.ArgumentParser, answers: bool = True) -> None:
     p.add_argument("--split", default="test", help="ScienceQA split (default test)")
     p.add_argument("--results-dir", help="MME: directory of the 14 <subtask>.txt files (written there from --answers)")
     p.add_argument("--circular", action="store_true", help="MMBench: circular accuracy over rotated rounds")
+
+
+def _frame_reuse(text: str) -> bool | float:
+    if text in ("off", "on"):
+        return text == "on"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected off, on or a tolerance in 8-bit levels, got {text!r}") from None
 
 
 def _inputs(args):
@@ -70,8 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--device", default=None, help="cpu | cuda | cuda:N; default cpu (cuda for tensorrt)")
     r.add_argument("--max-new-tokens", type=int)
     r.add_argument("--on-bad", choices=("error", "skip"), default="error", help="missing images: stop, or skip+count")
-    r.add_argument("--n", type=int, default=400, help="shapes: frames")
+    r.add_argument("--n", type=int, default=400, help="shapes: frames; shapes-stream: scenes")
     r.add_argument("--seed", type=int, default=12345, help="shapes: seed")
+    r.add_argument(
+        "--visual-tokens", type=int, metavar="K", help="feed the LM K of the N image tokens (VisionZip-style, 1..N)"
+    )
+    r.add_argument(
+        "--frame-reuse",
+        type=_frame_reuse,
+        default=False,
+        metavar="off|on|LEVELS",
+        help="reuse near-identical frames: off (exact only, default), on (default tolerance) or a tolerance",
+    )
+    r.add_argument("--noise", type=float, default=3.0, help="shapes-stream: sensor noise σ in 8-bit levels")
+    r.add_argument(
+        "--jpeg-quality", type=int, default=90, help="shapes-stream: JPEG quality of each capture (0: uncompressed)"
+    )
 
     s = sub.add_parser("score", help="score answers with the official rules")
     s.add_argument("--benchmark", required=True, choices=BENCHMARKS)
@@ -105,7 +129,8 @@ def _dispatch(args) -> int:
 
         cfg = RunConfig(
             args.benchmark, args.model, args.out, args.questions, args.images, args.limit, args.backend,
-            args.device, args.on_bad, args.max_new_tokens, args.n, args.seed,
+            args.device, args.on_bad, args.max_new_tokens, args.n, args.seed, args.visual_tokens, args.frame_reuse,
+            args.noise, args.jpeg_quality or None,
         )  # fmt: skip
         summary = run_eval(cfg)
         print(json.dumps(summary))

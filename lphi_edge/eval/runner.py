@@ -1,7 +1,9 @@
 """`lphi-eval run`: answer a benchmark's questions with any backend, greedily, into LLaVA's answers JSONL.
 
 Reads the LLaVA-1.5 evaluation question files (JSONL: question_id, image, text[, category]; ScienceQA's
-JSON conversation list; the MMBench TSV); `shapes` generates its own frames. Adds the official prompt
+JSON conversation list; the MMBench TSV); `shapes` generates its own frames, and `shapes-stream` the frames of a
+static camera watching shapes scenes in turn (each scene's questions asked twice over, each about a new noisy,
+JPEG-compressed capture; eval/frame_reuse.py) for frame reuse. Adds the official prompt
 suffix where the question text lacks it. Each answer line is flushed as it is written; a rerun skips the
 question ids already answered (a line cut short by a kill is dropped first), so an interrupted run
 resumes without duplicates.
@@ -20,10 +22,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lphi_edge.data.camera import Camera
 from lphi_edge.errors import ConfigError, EvalInputError
+from lphi_edge.eval.frame_reuse import stream_items
 from lphi_edge.eval.io import read_json, read_jsonl
+from lphi_edge.runtime.frame_reuse import FrameReuse
+from lphi_edge.runtime.visual_tokens import VisualTokens
 
-BENCHMARKS = ("vqav2", "gqa", "vizwiz", "sqa", "textvqa", "pope", "mme", "mmbench", "mmvet", "shapes")
+BENCHMARKS = ("vqav2", "gqa", "vizwiz", "sqa", "textvqa", "pope", "mme", "mmbench", "mmvet", "shapes", "shapes-stream")
+GENERATED = ("shapes", "shapes-stream")  # benchmarks that make their own frames
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
 SUFFIX = {b: SHORT_ANSWER for b in ("vqav2", "gqa", "vizwiz", "textvqa", "pope")} | {
@@ -47,18 +54,29 @@ class RunConfig:
     device: str | None = None  # None: cpu (cuda for tensorrt), as Assistant.from_pretrained
     on_bad: str = "error"  # error | skip (counted, listed in OUT.skipped.jsonl)
     max_new_tokens: int | None = None
-    n: int = 400  # shapes: frames
+    n: int = 400  # shapes: frames; shapes-stream: scenes
     seed: int = 12345  # shapes: generator seed
+    visual_tokens: int | None = None  # None: every image token; K: VisionZip-style reduction (Assistant)
+    frame_reuse: bool | float = False  # Assistant frame_reuse: False (exact frames), True (default tolerance), float
+    noise: float = 3.0  # shapes-stream: sensor noise σ, 8-bit levels
+    jpeg_quality: int | None = 90  # shapes-stream: JPEG quality of each capture (None: uncompressed)
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
             raise ConfigError(f"unknown benchmark {self.benchmark!r}: expected one of {BENCHMARKS}")
-        if self.benchmark != "shapes" and not (self.questions and self.images):
+        VisualTokens.of(self.visual_tokens)  # K ≥ 1 here; K ≤ N when the model is loaded
+        FrameReuse.of(self.frame_reuse)
+        Camera(self.noise, self.jpeg_quality)  # validates both
+        if self.benchmark not in GENERATED and not (self.questions and self.images):
             raise ConfigError(f"--benchmark {self.benchmark} needs --questions FILE and --images DIR")
         if self.on_bad not in ("error", "skip"):
             raise ConfigError(f"on_bad must be error or skip, got {self.on_bad!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be ≥ 1, got {self.limit}")
+
+    @property
+    def camera(self) -> Camera:
+        return Camera(self.noise, self.jpeg_quality)
 
 
 @dataclass
@@ -83,6 +101,11 @@ def load_questions(cfg: RunConfig) -> Iterator[Question]:
         for qid, frame, qa in shapes_items(cfg.n, cfg.seed):
             meta = {"type": qa.kind, "expected": qa.answer}
             yield Question(qid, qa.question, qa.question, frame, f"shapes seed {cfg.seed}", meta)
+        return
+    if cfg.benchmark == "shapes-stream":
+        for qid, frame, qa, scene in stream_items(cfg.n, cfg.seed, cfg.camera):
+            meta = {"type": qa.kind, "expected": qa.answer, "scene": scene}
+            yield Question(qid, qa.question, qa.question, frame, f"shapes-stream seed {cfg.seed}", meta)
         return
     path, images = Path(cfg.questions), Path(cfg.images)
     if cfg.benchmark == "mmbench":
@@ -169,7 +192,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         questions = questions[: cfg.limit]
     todo = [q for q in questions if q.question_id not in done]
     logger.info("%s: %d questions, %d already answered", cfg.benchmark, len(questions), len(questions) - len(todo))
-    assistant = Assistant.from_pretrained(cfg.model, backend=cfg.backend, device=cfg.device)
+    assistant = Assistant.from_pretrained(
+        cfg.model,
+        backend=cfg.backend,
+        device=cfg.device,
+        frame_reuse=cfg.frame_reuse,
+        visual_tokens=cfg.visual_tokens,
+    )
     be = assistant.backend
     model_id = Path(cfg.model).name if os.sep in cfg.model else cfg.model
     max_new = cfg.max_new_tokens or MAX_NEW_TOKENS.get(cfg.benchmark, 128)
@@ -184,6 +213,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 skipped.append({"question_id": q.question_id, "reason": problem})
                 continue
             ans = assistant.ask(image, q.text, max_new_tokens=max_new, temperature=0.0)
+            t = ans.timings
             rec = {
                 "question_id": q.question_id,
                 "prompt": q.prompt,
@@ -195,6 +225,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                     "backend": be.name,
                     "precision": be.precision,
                     "device": be.device,
+                    "visual_tokens": cfg.visual_tokens,
+                    "prompt_tokens": t.prompt_tokens,
+                    "frame_reused": t.frame_reused,
+                    "frame_difference": t.frame_difference,
+                    "answer_reused": t.answer_reused,
                     **q.metadata,
                 },
             }

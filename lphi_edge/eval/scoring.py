@@ -12,7 +12,7 @@ from typing import Any
 from lphi_edge.errors import ConfigError, EvalInputError
 from lphi_edge.eval import gqa, mmbench, mme, mmvet, pope, sqa, vqa
 from lphi_edge.eval.io import read_jsonl
-from lphi_edge.eval.runner import BENCHMARKS
+from lphi_edge.eval.runner import BENCHMARKS, GENERATED
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ SCORERS: dict[str, tuple[tuple[str, ...], Callable[[Inputs], dict[str, Any]]]] =
     "mmbench": (("questions", "answers"), lambda i: mmbench.score_mmbench(i.questions, i.answers, i.circular)),
     "mmvet": (("answers",), lambda i: mmvet.mmvet_submission(i.answers)),
     "shapes": (("answers",), _shapes),
+    "shapes-stream": (("answers",), _shapes),
 }
 assert set(SCORERS) == set(BENCHMARKS)
 
@@ -110,6 +111,7 @@ PAPER: dict[str, tuple[str, Callable[[dict], float | None], float | None]] = {
     "mmbench": ("MMBench accuracy %", lambda m: m.get("accuracy"), 59.8),
     "mmvet": ("MM-Vet (GPT-4 grader, not run here)", lambda m: None, 28.9),
     "shapes": ("shapes accuracy %", lambda m: 100 * m["accuracy"] if "accuracy" in m else None, None),
+    "shapes-stream": ("shapes accuracy % (static camera stream)", lambda m: 100 * m["accuracy"], None),
 }
 
 
@@ -153,7 +155,11 @@ def compare(answer_files: list[str], benchmark: str | None = None, inputs: Input
             "common_with_first": len(common),
             "agreement_with_first": agree / len(common) if common else None,
         }
-        if benchmark is not None and (benchmark == "shapes" or inputs is not None):
+        for flag in ("frame_reused", "answer_reused"):  # runs with frame reuse record what each answer reused
+            seen = [(r.get("metadata") or {}).get(flag) for r in run.values()]
+            if any(v is not None for v in seen):
+                row[f"{flag}_fraction"] = sum(bool(v) for v in seen) / len(seen)
+        if benchmark is not None and (benchmark in GENERATED or inputs is not None):
             base = inputs or Inputs()
             s = score(benchmark, Inputs(**{**base.__dict__, "answers": path}))
             row["headline"], row["metrics"] = s["headline"]["value"], s["metrics"]

@@ -21,9 +21,11 @@ from torch import nn
 from torch.export import Dim
 from transformers import DynamicCache
 
+from lphi_edge.errors import ConfigError
 from lphi_edge.export.rewrites import fuse_kv_attention, simplify_attention
 from lphi_edge.format.manifest import decoder_io_names
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
+from lphi_edge.runtime.backend import IMAGE_ATTENTION
 
 if TYPE_CHECKING:
     from lphi_edge.export.config import ExportConfig
@@ -32,14 +34,29 @@ logger = logging.getLogger(__name__)
 
 
 class VisionEncoder(nn.Module):
-    """pixel_values [B, 3, H, W] → image_features [B, N, D] (CLIP tower + projector)."""
+    """pixel_values [B, 3, H, W] → (image_features [B, N, D], image_attention [B, N]) (CLIP tower + projector).
+
+    image_attention is the [CLS] token's attention per image token in the features' layer (mean over heads),
+    what visual-token reduction selects by (runtime/visual_tokens.py): every backend selects from the same
+    scores. A tower that cannot give it (features taken from the embeddings) exports image_features only."""
 
     def __init__(self, model: LlavaPhiForCausalLM):
         super().__init__()
         self.model = model
+        try:
+            model.image_attention_layer()
+            self.with_attention = True
+        except ConfigError:
+            self.with_attention = False
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_images(pixel_values)
+    @property
+    def output_names(self) -> list[str]:
+        return ["image_features", IMAGE_ATTENTION] if self.with_attention else ["image_features"]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.with_attention:
+            return self.model.encode_images_with_attention(pixel_values)  # (B, N, D), (B, N)
+        return self.model.encode_images(pixel_values)  # (B, N, D)
 
 
 class EmbedTokens(nn.Module):
@@ -121,13 +138,14 @@ def _export(
 def export_vision(model: LlavaPhiForCausalLM, path: Path, config: ExportConfig) -> None:
     size = model.config.vision.image_size
     pixels = torch.randn(2, 3, size, size)  # (B, 3, H, W)
+    encoder = VisionEncoder(model).eval()
     _export(
-        VisionEncoder(model).eval(),
+        encoder,
         {"pixel_values": pixels},
         {"pixel_values": {0: Dim("batch")}},
         path,
         ["pixel_values"],
-        ["image_features"],
+        encoder.output_names,
         config.opset,
     )
 

@@ -358,7 +358,8 @@ def _judge(report: VerificationReport, min_token_match: float | None) -> None:
     if gate is None:  # int8 / int4: reported, not gated
         return
     # the int8 cache's rounding moves everything after the vision encoder
-    gated = ["pixel_values", "vision_features"] if report.kv_quant else list(report.parts)
+    before_the_cache = [p for p in ("pixel_values", "vision_features") if p in report.parts]
+    gated = before_the_cache if report.kv_quant else list(report.parts)
     for name in gated:
         c = report.parts[name]
         if c.cosine < gate:

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import CLIPVisionModel, PhiForCausalLM
 from transformers.initialization import no_init_weights
 
+from lphi_edge.errors import ConfigError
 from lphi_edge.model.config import LlavaPhiConfig
 
 # (native checkpoint prefix, module prefix); first match wins, so specific prefixes come first.
@@ -36,6 +37,20 @@ def module_to_native_key(key: str) -> str:
         if key.startswith(module):
             return native + key[len(module) :]
     raise KeyError(key)
+
+
+def cls_attention(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The attention weights of a CLIP encoder layer's [CLS] query (position 0), averaged over heads.
+
+    hidden (B, T, Dv): the layer's input. Recomputes what the layer's softmax(q·kᵀ·scale) gives in its first
+    row (CLIP's vision attention has no mask), without materialising the other T − 1 rows. → (B, T)."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(hidden)  # (B, T, Dv)
+    b, t, _ = h.shape
+    q = attn.q_proj(h[:, :1]).view(b, 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1, Dh)
+    k = attn.k_proj(h).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+    weights = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)  # (B, H, 1, T)
+    return weights.mean(dim=1)[:, 0]  # (B, T)
 
 
 def build_projector(cfg: LlavaPhiConfig) -> nn.Module:
@@ -77,10 +92,39 @@ class LlavaPhiForCausalLM(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [B, 3, H, W] → projected features [B, N, D] (N = 576 for CLIP-L/336)."""
         out = self.vision_tower(pixel_values.to(self.dtype), output_hidden_states=True)
-        feats = out.hidden_states[self.config.select_layer]  # (B, 1 + N, Dv), before post_layernorm
+        return self._project(out.hidden_states[self.config.select_layer])  # (B, N, D)
+
+    def _project(self, feats: torch.Tensor) -> torch.Tensor:
+        """The selected layer's hidden states (B, 1 + P, Dv), before post_layernorm → features (B, N, D)."""
         if self.config.select_feature == "patch":
             feats = feats[:, 1:]  # (B, N, Dv), CLS dropped
         return self.mm_projector(feats)  # (B, N, D)
+
+    def image_attention_layer(self) -> int:
+        """The vision layer whose output the features are (mm_vision_select_layer), whose [CLS] attention
+        `encode_images_with_attention` reports; ConfigError when the features are the embeddings (no layer)."""
+        n = self.config.vision.num_hidden_layers
+        entry = self.config.select_layer % (n + 1)  # hidden_states index: 0 = embeddings, i = layer i - 1's output
+        if entry == 0:
+            raise ConfigError(
+                f"mm_vision_select_layer {self.config.select_layer} takes the features from the vision embeddings, "
+                "before any attention layer: this model's tower gives no attention to select visual tokens by"
+            )
+        return entry - 1
+
+    def encode_images_with_attention(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values [B, 3, H, W] → (features [B, N, D], attention [B, N]): each image token's share of the
+        [CLS] token's attention (mean over heads) in the layer the features come from — the signal
+        VisionZip-style visual-token reduction selects by (runtime/visual_tokens.py). With select_feature
+        "cls_patch" the [CLS] token itself scores 2 (above any share), so it is always kept."""
+        layer = self.image_attention_layer()
+        out = self.vision_tower(pixel_values.to(self.dtype), output_hidden_states=True)
+        attention = cls_attention(self.vision_tower.encoder.layers[layer], out.hidden_states[layer])  # (B, 1 + P)
+        if self.config.select_feature == "patch":
+            attention = attention[:, 1:]  # (B, N)
+        else:
+            attention = torch.cat([torch.full_like(attention[:, :1], 2.0), attention[:, 1:]], dim=1)  # (B, N)
+        return self._project(out.hidden_states[self.config.select_layer]), attention
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, S] → [B, S, D]."""

@@ -76,7 +76,11 @@ class Backend(Protocol):
     spec: ModelSpec
 
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        """pixel_values f32 [B, 3, H, W] → image features f32 [B, N, D] (tower + projector)."""
+        """pixel_values f32 [B, 3, H, W] → image features f32 [B, N, D] (tower + projector).
+
+        Backends that can also give the vision tower's [CLS] attention (what visual-token reduction selects
+        by; see `image_attention_problem`) take `with_attention=True` and then return (features f32 [B, N, D],
+        attention f32 [B, N])."""
         ...
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
@@ -102,3 +106,25 @@ class Backend(Protocol):
         """The CPU thread pools this engine runs with, read back from its library (e.g. {"torch": 4}); {} when
         it has none (TensorRT). Benchmarks and the ROS node's diagnostics record it."""
         ...
+
+
+IMAGE_ATTENTION = "image_attention"  # the vision encoder export's output of the [CLS] attention f32 [B, N]
+
+
+def image_attention_problem(backend: Backend) -> str | None:
+    """Why `backend` cannot return the vision tower's [CLS] attention (encode_images(..., with_attention=True)),
+    or None when it can: the torch backend asks its model; an export's vision encoder must have the
+    `image_attention` output (exports made before visual-token reduction lack it)."""
+    own = getattr(backend, "image_attention_problem", None)
+    if callable(own):
+        return own()
+    manifest = getattr(backend, "manifest", None)
+    if manifest is None:
+        return f"the {backend.name} backend does not report the vision tower's attention"
+    outputs = [t.name for t in manifest.part("vision_encoder").outputs]
+    if IMAGE_ATTENTION in outputs:
+        return None
+    return (
+        f"the vision encoder of {manifest.path} has no {IMAGE_ATTENTION!r} output (outputs {outputs}): it was "
+        "exported before visual-token reduction; export the model again with lphi-export"
+    )

@@ -71,7 +71,7 @@ class GenerationConfig:
 
 @dataclass
 class Timings:
-    """Per-stage wall-clock milliseconds of one answer."""
+    """Per-stage wall-clock milliseconds of one answer, and what it reused."""
 
     preprocess_ms: float = 0.0
     vision_ms: float = 0.0
@@ -79,9 +79,12 @@ class Timings:
     decode_ms: float = 0.0  # all later tokens
     ttft_ms: float = 0.0  # request start → first token
     total_ms: float = 0.0
-    prompt_tokens: int = 0  # positions in the prompt (text + image)
+    prompt_tokens: int = 0  # positions in the prompt (text + image; an image counts its visual tokens)
     cached_tokens: int = 0  # of which reused from the KV cache
     new_tokens: int = 0
+    frame_reused: bool = False  # the image's features came from a cached frame (exact or within the tolerance)
+    frame_difference: float | None = None  # frame difference to the nearest cached frame (None: none cached)
+    answer_reused: bool = False  # a stored greedy answer to the same question about the reused frame, model not run
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -105,10 +108,11 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class ImageInput:
-    """Projected features of one image and a key identifying the frame (for prefix reuse)."""
+    """Projected features of one image and a key identifying the frame (for prefix reuse). K ≤ N rows when
+    visual tokens were reduced (the key then names the reduction too)."""
 
     key: Hashable
-    features: np.ndarray  # f32 [N, D]
+    features: np.ndarray  # f32 [K, D]
 
 
 class TextStream:
@@ -354,24 +358,25 @@ class Session:
         if n_slots != len(images):
             raise PromptError(f"prompt has {n_slots} image placeholder(s) but {len(images)} image(s) were given")
         for img in images:
-            if img.features.shape != (spec.image_tokens, spec.hidden_size):
+            rows, width = img.features.shape
+            if width != spec.hidden_size or not 1 <= rows <= spec.image_tokens:
                 raise PromptError(
-                    f"image features have shape {img.features.shape}, "
-                    f"expected ({spec.image_tokens}, {spec.hidden_size})"
+                    f"image features have shape {img.features.shape}, expected (K, {spec.hidden_size}) with "
+                    f"K in 1..{spec.image_tokens} ({spec.image_tokens}: every image token)"
                 )
         keys: list[Hashable] = []
         it = iter(images)
         for tok in prompt_ids:
             if tok == IMAGE_TOKEN_INDEX:
-                key = next(it).key
-                keys.extend((key, i) for i in range(spec.image_tokens))
+                img = next(it)
+                keys.extend((img.key, i) for i in range(len(img.features)))
             else:
                 keys.append(tok)
         if len(keys) > spec.context_length:
-            n_img = len(images)
+            image_positions = sum(len(img.features) for img in images)
             raise ContextLengthError(
-                f"prompt does not fit the context: {len(keys)} positions ({len(keys) - n_img * spec.image_tokens} "
-                f"text tokens + {n_img} image × {spec.image_tokens}) > context length {spec.context_length}; "
+                f"prompt does not fit the context: {len(keys)} positions ({len(keys) - image_positions} text tokens "
+                f"+ {image_positions} of {len(images)} image(s)) > context length {spec.context_length}; "
                 "shorten the prompt or the conversation"
             )
         return keys
@@ -385,7 +390,7 @@ class Session:
         pos, it = 0, iter(images)
         for tok in prompt_ids:
             if tok == IMAGE_TOKEN_INDEX:
-                feats = next(it).features  # (N, D)
+                feats = next(it).features  # (K, D)
                 if pos + len(feats) > start:
                     pieces.append(("image", pos, feats[max(0, start - pos) :]))
                 pos += len(feats)

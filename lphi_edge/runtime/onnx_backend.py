@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError
+from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError, LphiError
+from lphi_edge.format.engines import TRT_DIR, engine_dir_name
 from lphi_edge.format.kv_int8 import dequantize, load_scales
 from lphi_edge.format.manifest import MANIFEST, PARTS, Manifest, decoder_io_names
 from lphi_edge.runtime.backend import ModelSpec
+from lphi_edge.runtime.cuda_trt import gpu_info
 from lphi_edge.runtime.device import check_threads, parse_device
 
 logger = logging.getLogger(__name__)
@@ -43,14 +45,51 @@ PROVIDERS = {
 }
 
 
-def providers_for(provider: str, device_id: int = 0) -> list[str | tuple[str, dict[str, str]]]:
-    """The execution providers to ask onnxruntime for, most preferred first; the GPU ones on `device_id`."""
+def providers_for(
+    provider: str, device_id: int = 0, trt_options: dict[str, str] | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The execution providers to ask onnxruntime for, most preferred first; the GPU ones on `device_id`
+    (the TensorRT provider with `trt_options` too: its engine cache, see trt_ep_options)."""
     if provider not in PROVIDERS:
         raise ConfigError(f"onnxruntime provider {provider!r} unknown: expected one of {sorted(PROVIDERS)}")
-    return [
-        name if name == "CPUExecutionProvider" else (name, {"device_id": str(device_id)})
-        for name in PROVIDERS[provider]
-    ]
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in PROVIDERS[provider]:
+        if name == "CPUExecutionProvider":
+            out.append(name)
+        else:
+            extra = (trt_options or {}) if name == "TensorrtExecutionProvider" else {}
+            out.append((name, {"device_id": str(device_id), **extra}))
+    return out
+
+
+def trt_ep_options(
+    manifest: Manifest, gpu: tuple[str, tuple[int, int]] | None = None, trt_version: str | None = None
+) -> dict[str, str]:
+    """onnxruntime's TensorRT provider builds engines when a session starts (minutes at full size); these
+    options keep them, and its timing cache, inside the export directory — one directory per GPU model,
+    compute capability, TensorRT version and precision, like lphi-build-engines' — so a robot builds once.
+    `gpu` / `trt_version` default to this machine's (cuda-python, tensorrt), "unknown" where they cannot be
+    read. An fp16 export asks for fp16 kernels; an fp32 one keeps fp32."""
+    if gpu is None:
+        try:
+            gpu = gpu_info()
+        except LphiError:
+            gpu = ("unknown-gpu", (0, 0))
+    if trt_version is None:
+        try:
+            import tensorrt
+
+            trt_version = tensorrt.__version__
+        except (ImportError, OSError):
+            trt_version = "unknown"
+    cache = manifest.path / TRT_DIR / f"ort-{engine_dir_name(*gpu, trt_version, manifest.precision)}"
+    return {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": str(manifest.precision == "fp16"),
+    }
 
 
 def _import_ort():
@@ -183,7 +222,8 @@ class OnnxBackend:
         self.manifest = manifest
         self.device = str(dev)
         self.precision = manifest.precision
-        wanted = providers_for(provider or dev.kind, dev.index)
+        provider = provider or dev.kind
+        wanted = providers_for(provider, dev.index, trt_ep_options(manifest) if provider == "tensorrt" else None)
         first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
         available = ort.get_available_providers()
         if first not in available:
@@ -262,11 +302,13 @@ class OnnxBackend:
                 )
 
     # ---- protocol ----------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        """f32 [B, 3, H, W] → f32 [B, N, D]."""
+    def encode_images(self, pixel_values: np.ndarray, with_attention: bool = False):
+        """f32 [B, 3, H, W] → f32 [B, N, D]; with_attention: (that, the export's image_attention f32 [B, N])."""
         sess = self.sessions["vision_encoder"]
-        (feats,) = sess.run(None, {"pixel_values": pixel_values.astype(self._dtypes["pixel_values"], copy=False)})
-        return feats.astype(np.float32, copy=False)
+        names = ["image_features", "image_attention"] if with_attention else ["image_features"]
+        outs = sess.run(names, {"pixel_values": pixel_values.astype(self._dtypes["pixel_values"], copy=False)})
+        feats, *attention = (o.astype(np.float32, copy=False) for o in outs)
+        return (feats, *attention) if with_attention else feats
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         """i64 [B, S] → f32 [B, S, D]."""

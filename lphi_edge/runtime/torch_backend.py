@@ -191,9 +191,23 @@ class TorchBackend:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.model.device, dtype)
 
     @torch.inference_mode()
-    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        """f32 [B, 3, H, W] → f32 [B, N, D]."""
-        return _to_numpy(self.model.encode_images(self._to_torch(pixel_values, self.model.dtype)))
+    def encode_images(
+        self, pixel_values: np.ndarray, with_attention: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """f32 [B, 3, H, W] → f32 [B, N, D]; with_attention: (that, f32 [B, N] the [CLS] attention per token)."""
+        pixels = self._to_torch(pixel_values, self.model.dtype)  # (B, 3, H, W)
+        if not with_attention:
+            return _to_numpy(self.model.encode_images(pixels))
+        feats, attention = self.model.encode_images_with_attention(pixels)  # (B, N, D), (B, N)
+        return _to_numpy(feats), _to_numpy(attention)
+
+    def image_attention_problem(self) -> str | None:
+        """Why this model cannot give the [CLS] attention visual-token reduction selects by, or None."""
+        try:
+            self.model.image_attention_layer()
+        except ConfigError as e:
+            return str(e)
+        return None
 
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
