@@ -23,6 +23,15 @@ def setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def check_engine_args(args) -> None:
+    """The cheap checks of --device / --threads, before any weights load (ConfigError: one line, exit 2)."""
+    from lphi_edge.runtime.device import check_threads, parse_device
+
+    if args.device is not None:
+        parse_device(args.device)
+    check_threads(args.threads, "--threads")
+
+
 def run(prog: str, main: Callable[[], int]) -> int:
     """Run `main`; user errors become `prog: error: message` on stderr with a non-zero exit.
 

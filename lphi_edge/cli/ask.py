@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from lphi_edge.cli._common import run, setup_logging
+from lphi_edge.cli._common import check_engine_args, run, setup_logging
 from lphi_edge.runtime.device import DEVICE_HELP
 
 
@@ -70,13 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from lphi_edge.assistant import Assistant, generation_config
         from lphi_edge.processing.image import load_image
         from lphi_edge.processing.template import check_question
-        from lphi_edge.runtime.device import check_threads, parse_device
         from lphi_edge.runtime.visual_tokens import VisualTokens
 
         # Cheap checks first: a bad device, thread count, image or prompt must not wait for the weights to load.
-        if args.device is not None:
-            parse_device(args.device)
-        check_threads(args.threads, "--threads")
+        check_engine_args(args)
         VisualTokens.of(args.visual_tokens)  # K ≥ 1 now; K ≤ N once the model is known
         gen = generation_config(
             dict(

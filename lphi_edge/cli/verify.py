@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from lphi_edge.cli._common import EXIT_FAILURE, run, setup_logging
+from lphi_edge.cli._common import EXIT_FAILURE, check_engine_args, run, setup_logging
 from lphi_edge.runtime.device import DEVICE_HELP
 
 
@@ -45,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from lphi_edge.format.golden import Golden
         from lphi_edge.format.manifest import Manifest, is_export_dir
         from lphi_edge.format.shipped import resolve_model_dir
-        from lphi_edge.runtime.device import check_threads, parse_device
 
-        if args.device is not None:
-            parse_device(args.device)
-        check_threads(args.threads, "--threads")
+        check_engine_args(args)
         if args.min_token_match is not None and not 0 <= args.min_token_match <= 1:
             raise ConfigError(f"--min-token-match must be in [0, 1], got {args.min_token_match}")
         path = resolve_model_dir(args.export, "onnxruntime")
