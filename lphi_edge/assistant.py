@@ -162,6 +162,11 @@ class Assistant:
                 f"{path} is a checkpoint: backend {backend!r} runs exported engines; export it first with "
                 f"`lphi-export {path} --out DIR` or use backend='torch'"
             )
+        if kwargs.pop("provider", None) is not None:
+            raise ConfigError(
+                f"{path} is a checkpoint (torch backend): provider chooses onnxruntime's execution provider and "
+                "applies to export directories"
+            )
         from lphi_edge.runtime.torch_backend import TorchBackend
 
         tokenizer = Tokenizer.from_dir(path)  # before the weights: a broken tokenizer fails fast

@@ -228,10 +228,9 @@ def load_baseline(model: str, cfg: BenchConfig, dtype: str = "fp32") -> Target:
 def load_baselines(targets: list[Target], cfg: BenchConfig) -> dict[str, Target]:
     """One transformers baseline per precision the engines need (see baseline_precision), on the first
     checkpoint measured, else the one the first export was made from; keyed by precision, in first-use order."""
-    from lphi_edge.format.manifest import Manifest
-
+    # else the checkpoint each export's manifest (as its backend loaded it) names as its source
     ckpts = [t.model for t in targets if t.backend == "torch"] or [
-        str(Manifest.load(t.model, verify_checksums=False).source_checkpoint) for t in targets
+        str(t.runner.backend.manifest.source_checkpoint) for t in targets
     ]
     precisions = dict.fromkeys(baseline_precision(t.backend, t.precision, cfg.cuda) for t in targets)
     return {p: load_baseline(ckpts[0], cfg, p) for p in precisions}

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             dtype=args.dtype,
             threads=args.threads,
-            **({"provider": args.provider} if args.provider else {}),
+            provider=args.provider,
             visual_tokens=args.visual_tokens,
         )
         if args.json:

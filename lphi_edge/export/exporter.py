@@ -35,7 +35,7 @@ from lphi_edge.export.config import GQA_HEAD_MULTIPLE, ExportConfig
 from lphi_edge.export.kv_quant import calibrate, check_graph_scales, kv_scales, quantize_kv_cache, write_scales
 from lphi_edge.export.quantize import QuantConfig, quantize_weights, to_fp16
 from lphi_edge.export.verify import VerificationError
-from lphi_edge.format.golden import GOLDEN_ARRAYS, GOLDEN_META, Golden
+from lphi_edge.format.golden import GOLDEN_ARRAYS, GOLDEN_FILES, GOLDEN_META, Golden
 from lphi_edge.format.manifest import (
     FORMAT_VERSION,
     FORMAT_VERSION_INT8_KV,
@@ -232,7 +232,8 @@ def _golden(tmp: Path, reference: Assistant, config: ExportConfig) -> None:
 
     make_golden(reference, pairs=config.verify_pairs).save(tmp)
     manifest = Manifest.load(tmp, verify_checksums=False)
-    replace(manifest, golden={"arrays": GOLDEN_ARRAYS, "meta": GOLDEN_META}).with_files().write()
+    golden = replace(manifest, golden={"arrays": GOLDEN_ARRAYS, "meta": GOLDEN_META})
+    golden.with_files(GOLDEN_FILES).write()  # the parts were hashed when the manifest was written
 
 
 def _verify(tmp: Path, config: ExportConfig) -> None:

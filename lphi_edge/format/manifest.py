@@ -262,9 +262,13 @@ class Manifest:
     def write(self) -> None:
         (self.path / MANIFEST).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
-    def with_files(self) -> Manifest:
-        """This manifest with the file table of its directory as it is now."""
-        return replace(self, files=file_table(self.path))
+    def with_files(self, names: tuple[str, ...] | None = None) -> Manifest:
+        """This manifest with the file table of its directory as it is now — every file hashed again, or only
+        `names` (files just added or rewritten) when given."""
+        if names is None:
+            return replace(self, files=file_table(self.path))
+        files = self.files | {name: file_entry(self.path / name) for name in names}
+        return replace(self, files=dict(sorted(files.items())))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, data: Any) -> Manifest:
@@ -362,13 +366,13 @@ class Manifest:
             verified.save()
 
 
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256_file(path), path.stat().st_size)
+
+
 def file_table(directory: Path) -> dict[str, FileEntry]:
     """sha256 and size of every file in an export directory (the manifest itself excluded)."""
-    return {
-        p.name: FileEntry(sha256_file(p), p.stat().st_size)
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != MANIFEST
-    }
+    return {p.name: file_entry(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
 
 
 def is_export_dir(path: str | os.PathLike) -> bool:
