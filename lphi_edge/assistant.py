@@ -47,7 +47,7 @@ from lphi_edge.processing.tokenizer import Tokenizer
 from lphi_edge.runtime.backend import Backend, image_attention_problem
 from lphi_edge.runtime.device import check_threads, parse_device
 from lphi_edge.runtime.frame_reuse import FrameReuse, frame_difference, frame_signature
-from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session, Timings, drain
+from lphi_edge.runtime.generation import GenerationConfig, ImageInput, Session, Timings, TokenHook, drain
 from lphi_edge.runtime.visual_tokens import VisualTokens, select_visual_tokens
 
 if TYPE_CHECKING:  # the runtime path never imports torch
@@ -75,7 +75,7 @@ class Answer:
     text: str
     token_ids: list[int]
     timings: Timings
-    finish_reason: str  # "eos" | "stop" | "length" | "context"
+    finish_reason: str  # "eos" | "stop" | "length" | "context" | "canceled" (on_token asked to stop)
     backend: str
     precision: str
     device: str
@@ -237,16 +237,20 @@ class Assistant:
         """Answer `prompt` about `image` (a path, PIL image or HxWx3 uint8 RGB array; None = text only).
 
         Generation keywords: max_new_tokens, temperature, top_p, top_k, seed, stop (see GenerationConfig),
-        or config=GenerationConfig(...); on_text=callable receives the answer piece by piece.
+        or config=GenerationConfig(...); on_text=callable receives the answer piece by piece;
+        on_token=callable(tokens so far, text so far) is called after every token, and returning True stops the
+        answer there (finish_reason "canceled"; such an answer is never stored for frame reuse).
         """
-        on_text = generation.pop("on_text", None)
-        return drain(self._run(self._session, [(prompt, None)], image, generation_config(generation)), on_text)
+        on_text, on_token = generation.pop("on_text", None), generation.pop("on_token", None)
+        config = generation_config(generation)
+        return drain(self._run(self._session, [(prompt, None)], image, config, on_token), on_text)
 
     def stream(self, image: FrameInput | None, prompt: str, **generation: Any) -> Iterator[str]:
         """Yield the answer piece by piece (the pieces join to the answer's text); the full Answer is
-        `last_answer` once the iterator is exhausted."""
+        `last_answer` once the iterator is exhausted. on_token= as in `ask`."""
+        on_token = generation.pop("on_token", None)
         config = generation_config(generation)  # validated here, not at the first next()
-        return self._remember(self._run(self._session, [(prompt, None)], image, config))
+        return self._remember(self._run(self._session, [(prompt, None)], image, config, on_token))
 
     def _remember(self, steps: Generator[str, None, Answer]) -> Generator[str, None, Answer]:
         self.last_answer = yield from steps
@@ -292,7 +296,12 @@ class Assistant:
 
     # ---- internals ------------------------------------------------------------------------------
     def _run(
-        self, session: Session, turns: list[tuple[str, str | None]], image: FrameInput | None, config: GenerationConfig
+        self,
+        session: Session,
+        turns: list[tuple[str, str | None]],
+        image: FrameInput | None,
+        config: GenerationConfig,
+        on_token: TokenHook | None = None,
     ) -> Generator[str, None, Answer]:
         """The one path of every call: template → tokens → image features → shared generation loop."""
         with self._lock:
@@ -306,13 +315,15 @@ class Assistant:
                 answer = _replayed(stored, timings, t0)
                 if answer.text:
                     yield answer.text
+                if on_token is not None:
+                    on_token(len(answer.token_ids), answer.text)
                 return answer
-            result = yield from session.iter_generate(prompt_ids, images, config, timings, t0)
+            result = yield from session.iter_generate(prompt_ids, images, config, timings, t0, on_token)
             be = self.backend
             answer = Answer(
                 result.text, result.token_ids, result.timings, result.finish_reason, be.name, be.precision, be.device
             )
-            if stored_as is not None:
+            if stored_as is not None and answer.finish_reason != "canceled":
                 self._answers[stored_as] = answer
                 while len(self._answers) > ANSWER_STORE_SIZE:
                     self._answers.popitem(last=False)
@@ -384,15 +395,17 @@ class Chat:
 
     def ask(self, prompt: str, **generation: Any) -> Answer:
         """Ask the next question; same keywords as `Assistant.ask`."""
-        on_text = generation.pop("on_text", None)
-        return drain(self._turn(prompt, generation_config(generation)), on_text)
+        on_text, on_token = generation.pop("on_text", None), generation.pop("on_token", None)
+        return drain(self._turn(prompt, generation_config(generation), on_token), on_text)
 
     def stream(self, prompt: str, **generation: Any) -> Iterator[str]:
         """Stream the next answer; the turn is recorded once the iterator is exhausted."""
-        return self._turn(prompt, generation_config(generation))
+        on_token = generation.pop("on_token", None)
+        return self._turn(prompt, generation_config(generation), on_token)
 
-    def _turn(self, prompt: str, config: GenerationConfig) -> Generator[str, None, Answer]:
-        answer = yield from self.assistant._run(self._session, [*self.turns, (prompt, None)], self.image, config)
+    def _turn(self, prompt: str, config: GenerationConfig, on_token: TokenHook | None) -> Generator[str, None, Answer]:
+        turns = [*self.turns, (prompt, None)]
+        answer = yield from self.assistant._run(self._session, turns, self.image, config, on_token)
         self.turns.append((prompt, answer.text))
         self.last_answer = answer
         return answer

@@ -147,3 +147,38 @@ def test_chat_stream_records_turns(assistant, frame):
     assert len(chat.turns) == 2 and second.timings.cached_tokens > 0
     chat.reset()
     assert chat.turns == []
+
+
+def test_on_token_is_called_per_token_and_can_stop_the_answer(assistant, frame):
+    full = assistant.ask(frame, Q, max_new_tokens=16)
+    assert len(full.token_ids) == 16
+    calls: list[tuple[int, str]] = []
+    again = assistant.ask(frame, Q, max_new_tokens=16, on_token=lambda n, text: calls.append((n, text)))
+    assert again.token_ids == full.token_ids and again.finish_reason == full.finish_reason
+    assert [n for n, _ in calls] == list(range(1, 17))  # every token, text or not
+    assert all(full.text.startswith(text) for _, text in calls)
+    # tokens that add no visible text are announced too: with the whole answer a prefix of a stop string, every
+    # token is held back (it could still grow into the stop string) until the answer ends
+    held: list[tuple[int, str]] = []
+    cut = assistant.ask(frame, Q, max_new_tokens=16, stop=(full.text + "\x00",), on_token=lambda *c: held.append(c))
+    assert held == [(n, "") for n in range(1, 17)] and cut.text == full.text and cut.finish_reason == "length"
+    # returning True stops before the next token: finish "canceled", real counts and timings
+    stopped = assistant.ask(frame, Q, max_new_tokens=16, on_token=lambda n, text: n >= 3)
+    assert stopped.finish_reason == "canceled" and stopped.token_ids == full.token_ids[:3]
+    assert stopped.timings.new_tokens == 3 and stopped.timings.total_ms >= stopped.timings.ttft_ms > 0
+    assert stopped.text == assistant.ask(frame, Q, max_new_tokens=3).text
+    # the same through stream(): the pieces join to the canceled answer's text, the session is free again
+    pieces = list(assistant.stream(frame, Q, max_new_tokens=16, on_token=lambda n, text: n >= 5))
+    assert assistant.last_answer.finish_reason == "canceled" and "".join(pieces) == assistant.last_answer.text
+    assert assistant.ask(frame, Q, max_new_tokens=16).token_ids == full.token_ids
+
+
+def test_a_canceled_answer_is_not_stored_for_frame_reuse(tiny_ckpt, frame):
+    a = Assistant.from_pretrained(tiny_ckpt, frame_reuse=True)
+    stopped = a.ask(frame, Q, max_new_tokens=12, on_token=lambda n, text: n >= 2)
+    assert stopped.finish_reason == "canceled" and len(stopped.token_ids) == 2
+    full = a.ask(frame, Q, max_new_tokens=12)
+    assert not full.timings.answer_reused and len(full.token_ids) == 12 and full.finish_reason == "length"
+    calls: list[int] = []
+    replayed = a.ask(frame, Q, max_new_tokens=12, on_token=lambda n, text: calls.append(n))
+    assert replayed.timings.answer_reused and replayed.token_ids == full.token_ids and calls == [12]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import array
 import logging
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from lphi_edge.errors import ContextLengthError
+from lphi_edge import Assistant
 from lphi_edge.ros.answerer import (
     Answerer,
     AnswerSettings,
@@ -24,7 +23,6 @@ from lphi_edge.ros.answerer import (
     topic_prompt,
 )
 from lphi_edge.ros.frames import FrameError, check_raw, compressed_size, decode_compressed
-from lphi_edge.runtime.generation import Timings
 
 RGB = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)  # (H=4, W=5, 3)
 
@@ -193,38 +191,27 @@ def test_goal_fields_are_checked_with_reasons():
         assert reason in str(e.value) and len(str(e.value)) < 300, str(e.value)
 
 
-# ---- the worker, without ROS: cancel within one piece, errors as one log line -------------------------------------
+# ---- the worker, without ROS: cancel within one token, errors as one log line -------------------------------------
 
 
-class FakeAssistant:
-    """Streams fixed pieces (or raises `error`), like Assistant.stream; records closed streams."""
+class RecordingAssistant:
+    """A real Assistant (the tiny checkpoint) whose requests are recorded (image, prompt, generation settings)."""
 
-    def __init__(self, pieces: list[str], error: Exception | None = None):
-        self.pieces, self.error = pieces, error
-        self.last_answer = None
+    def __init__(self, assistant: Assistant):
+        self.assistant = assistant
         self.calls: list[tuple] = []
-        self.closed = 0
 
-    def stream(self, image, prompt, **generation):
-        self.calls.append((image, prompt, generation))
-
-        def steps():
-            try:
-                if self.error is not None:
-                    raise self.error
-                yield from self.pieces
-                timings = Timings(ttft_ms=1.0, total_ms=2.0, new_tokens=len(self.pieces), frame_reused=True)
-                self.last_answer = SimpleNamespace(
-                    text="".join(self.pieces), token_ids=list(range(len(self.pieces))), finish_reason="length",
-                    timings=timings,
-                )  # fmt: skip
-            finally:
-                self.closed += 1
-
-        return steps()
+    def ask(self, image, prompt, **generation):
+        self.calls.append((image, prompt, {k: v for k, v in generation.items() if not k.startswith("on_")}))
+        return self.assistant.ask(image, prompt, **generation)
 
 
-def worker(assistant: FakeAssistant, cameras: Cameras | None = None) -> Answerer:
+@pytest.fixture(scope="module")
+def model(tiny_ckpt) -> RecordingAssistant:
+    return RecordingAssistant(Assistant.from_pretrained(tiny_ckpt))
+
+
+def worker(assistant: RecordingAssistant, cameras: Cameras | None = None) -> Answerer:
     cameras = cameras or Cameras()
     settings = AnswerSettings(8, 0.0, 30.0, {n: f"/{n or 'image'}" for n in cameras.names})
     noop = lambda *a: None  # noqa: E731
@@ -233,30 +220,38 @@ def worker(assistant: FakeAssistant, cameras: Cameras | None = None) -> Answerer
     )
 
 
-def test_a_canceled_answer_stops_after_the_piece_it_was_canceled_in_and_releases_the_stream():
-    fake = FakeAssistant(["one", " two", " three", " four"])
+def test_a_canceled_answer_stops_at_the_token_it_was_canceled_at_and_frees_the_model(model):
     cameras = Cameras(["wrist", "head"])
     cameras.slot("head").put(Frame(RGB, 0, "head_cam", time.time_ns()))
-    w = worker(fake, cameras)
+    w = worker(model, cameras)
     seen: list[tuple[str, int]] = []
-    prompt = Prompt("Describe.", "goal", camera="head", max_new_tokens=3, temperature=0.7)
+    prompt = Prompt("Describe.", "goal", camera="head", max_new_tokens=12, temperature=0.7)
     prompt.on_text = lambda text, n: seen.append((text, n))
     prompt.canceled = lambda: len(seen) >= 2
     reply = w.answer_safely(prompt)
-    assert (reply.text, reply.finish_reason, reply.tokens, reply.camera) == ("one two", "canceled", 2, "head")
-    assert seen == [("one", 1), ("one two", 2)] and fake.closed == 1
-    assert fake.calls[0][2] == {"max_new_tokens": 3, "temperature": 0.7}  # the goal's own settings
+    assert (reply.finish_reason, reply.tokens, reply.camera) == ("canceled", 2, "head")
+    assert [n for _, n in seen] == [1, 2] and reply.text.startswith(seen[-1][0])  # feedback per token
+    assert model.calls[0][2] == {"max_new_tokens": 12, "temperature": 0.7}  # the goal's own settings
     assert reply.frame.frame_id == "head_cam" and reply.timings["total_ms"] >= reply.timings["ttft_ms"] > 0
+    # greedy: the canceled answer is the full answer's first two tokens, and the model is free for the next one
+    prompt = Prompt("Describe.", "goal", camera="head", max_new_tokens=12, temperature=0.0)
+    prompt.canceled = lambda: True
+    reply = w.answer_safely(prompt)
+    assert (reply.finish_reason, reply.tokens) == ("canceled", 1)
+    full = w.answer_safely(Prompt("Describe.", "goal", camera="head", max_new_tokens=12, temperature=0.0))
+    assert full.finish_reason == "length" and full.tokens == 12 and full.text.startswith(reply.text)
+    assert reply.text == model.assistant.ask(RGB, "Describe.", max_new_tokens=1).text
+    calls = len(model.calls)
     reply = w.answer_safely(Prompt("Describe.", "topic"))  # the first camera (wrist) has no frame yet
     assert reply.finish_reason == "no_frame" and "No camera frame has arrived on /wrist yet" in reply.text
-    assert fake.calls[-1][1] == "Describe." and len(fake.calls) == 1  # the model was not asked
+    assert len(model.calls) == calls  # the model was not asked
 
 
-def test_a_prompt_beyond_the_context_is_one_warning_line_and_a_refused_one_never_reaches_the_model(caplog):
-    fake = FakeAssistant([], error=ContextLengthError("prompt does not fit the context: 9000 positions > 4096"))
-    w = worker(fake)
+def test_a_prompt_beyond_the_context_is_one_warning_line_and_a_refused_one_never_reaches_the_model(model, caplog):
+    w = worker(model)
     w.cameras.slot("").put(Frame(RGB, 0, "cam", time.time_ns()))
-    long = "Where is " + "z" * 12_000
+    calls = len(model.calls)
+    long = "Where is " + "z" * 12_000  # under max_prompt_chars, beyond the tiny model's 256 positions
     with caplog.at_level(logging.WARNING, logger="lphi_edge.ros.answerer"):
         reply = w.answer_safely(Prompt(long, "topic"))
         refused = w.answer_safely(topic_prompt("w" * 400_000, "topic", 16384))
@@ -264,7 +259,7 @@ def test_a_prompt_beyond_the_context_is_one_warning_line_and_a_refused_one_never
     assert refused.finish_reason == "error" and refused.text == (
         "[error] prompt of 400000 characters refused: longer than max_prompt_chars (16384)"
     )
-    assert len(fake.calls) == 1  # the refused prompt never reached the model
+    assert len(model.calls) == calls + 1  # the refused prompt never reached the model
     assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
     for record in caplog.records:
         line = record.getMessage()

@@ -135,8 +135,8 @@ class Prompt:
     max_new_tokens: int = 0  # 0 = the node's parameter
     temperature: float = -1.0  # < 0 = the node's parameter
     refusal: str = ""  # set: refused unanswered, for this reason (the reply keeps the queue's order)
-    canceled: Callable[[], bool] = _never  # polled after every streamed piece
-    on_text: Callable[[str, int], None] | None = None  # (text so far, pieces so far) after every piece
+    canceled: Callable[[], bool] = _never  # polled after every generated token
+    on_text: Callable[[str, int], None] | None = None  # (text so far, tokens so far) after every token
     on_done: Callable[[Reply], None] | None = None  # the final reply (after the node has published it)
     queued_ns: int = field(default_factory=time.time_ns)
 
@@ -297,7 +297,7 @@ class Reply:
     frame: Frame | None
     frame_age_s: float | None
     timings: dict[str, Any]  # the Answer's timings (ms); for canceled answers ttft_ms / total_ms measured here
-    tokens: int  # tokens generated (streamed pieces for a canceled answer)
+    tokens: int  # tokens generated
     finished_ns: int
     failed: bool = False  # no answer: refused or failed ("[error] ..."; finish_reason context or error)
 
@@ -439,22 +439,26 @@ class Answerer(threading.Thread):
         convert_ms = (time.perf_counter() - t0) * 1e3
         max_new_tokens = prompt.max_new_tokens or s.max_new_tokens
         temperature = s.temperature if prompt.temperature < 0 else prompt.temperature
-        text, pieces, ttft_ms = "", 0, 0.0
-        t0 = time.perf_counter()
-        stream = self.assistant.stream(image, prompt.text, max_new_tokens=max_new_tokens, temperature=temperature)
-        try:
-            for piece in stream:
-                text, pieces = text + piece, pieces + 1
-                ttft_ms = ttft_ms or (time.perf_counter() - t0) * 1e3
-                self._on_partial(text)
-                if prompt.on_text is not None:
-                    prompt.on_text(text, pieces)
-                if prompt.canceled() or self._halt.is_set():  # within one streamed piece
-                    timings = {"ttft_ms": ttft_ms, "total_ms": (time.perf_counter() - t0) * 1e3}
-                    return Reply(prompt, text, "canceled", camera, frame, age, timings, pieces, time.time_ns())
-        finally:
-            stream.close()  # releases the Assistant's session when the answer stopped early
-        ans = self.assistant.last_answer
+        streamed, told = "", ""  # the text on answer/stream; the text of the last feedback
+
+        def on_text(piece: str) -> None:  # the answer/stream topic: the text so far, whenever it grows
+            nonlocal streamed
+            streamed += piece
+            self._on_partial(streamed)
+
+        def on_token(tokens: int, text: str) -> bool:  # after every generated token: feedback, then cancel?
+            nonlocal told
+            if prompt.on_text is not None:
+                prompt.on_text(text, tokens)
+                told = text
+            return prompt.canceled() or self._halt.is_set()  # True: stop before the next token is computed
+
+        ans = self.assistant.ask(
+            image, prompt.text, max_new_tokens=max_new_tokens, temperature=temperature, on_text=on_text,
+            on_token=on_token,
+        )  # fmt: skip
+        if prompt.on_text is not None and ans.text != told:  # text the last token released only at the end
+            prompt.on_text(ans.text, len(ans.token_ids))
         timings = ans.timings.to_dict()
         timings["convert_ms"] = round(convert_ms, 3)
         self.frames_reused += ans.timings.frame_reused

@@ -1,5 +1,5 @@
 """ROS 2 lifecycle node `vqa_node`: answers questions about the newest frame of its cameras — on the `prompt` topic
-and as the `ask` action (lphi_edge_interfaces/action/Ask: feedback per streamed piece, cancel, images in the goal).
+and as the `ask` action (lphi_edge_interfaces/action/Ask: feedback per token, cancel, images in the goal).
 
     lphi-vqa-node --ros-args -p model:=shapes-demo -p backend:=onnxruntime -r image:=/camera/image_raw
     ros2 launch lphi_edge vqa.launch.py model:=shapes-demo image_topic:=/camera/image_raw
@@ -394,7 +394,7 @@ class VqaNode(LifecycleNode):
                                    time.time_ns(), failed=True))  # fmt: skip
 
     def _on_cancel(self, goal_handle) -> CancelResponse:
-        """A waiting goal ends now; the answer in progress stops after its current piece."""
+        """A waiting goal ends now; the answer in progress stops before its next token."""
         entry = self._goals.get(bytes(goal_handle.goal_id.uuid))
         if entry is None:
             return CancelResponse.REJECT

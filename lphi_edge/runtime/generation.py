@@ -102,7 +102,7 @@ class Timings:
 class GenerationResult:
     token_ids: list[int]  # generated ids, eos excluded
     text: str
-    finish_reason: str  # "eos" | "stop" | "length" | "context"
+    finish_reason: str  # "eos" | "stop" | "length" | "context" | "canceled" (the token hook asked to stop)
     timings: Timings
 
 
@@ -189,6 +189,12 @@ class Sampler:
         return int(order[self.rng.choice(len(order), p=p)])
 
 
+# Called after every generated token with (tokens so far, the answer's visible text so far); returning True stops
+# the answer there (finish_reason "canceled", before the next token is computed). Per token, not per text piece:
+# a token can add no visible text (a held stop-string prefix, half a UTF-8 character) and still cost a decode step.
+TokenHook = Callable[[int, str], "bool | None"]
+
+
 def drain(steps: Generator[str, None, T], on_text: Callable[[str], None] | None = None) -> T:
     """Run a text-yielding generator to its end, passing each piece to `on_text`; return its value."""
     while True:
@@ -224,9 +230,11 @@ class Session:
         images: Sequence[ImageInput],
         config: GenerationConfig,
         on_text: Callable[[str], None] | None = None,
+        on_token: TokenHook | None = None,
     ) -> GenerationResult:
-        """Answer one prompt, calling `on_text` with each piece of final text as it is produced."""
-        return drain(self.iter_generate(prompt_ids, images, config), on_text)
+        """Answer one prompt, calling `on_text` with each piece of final text as it is produced and `on_token`
+        after every token (see TokenHook)."""
+        return drain(self.iter_generate(prompt_ids, images, config, on_token=on_token), on_text)
 
     def iter_generate(
         self,
@@ -235,8 +243,10 @@ class Session:
         config: GenerationConfig,
         timings: Timings | None = None,
         t_start: float | None = None,
+        on_token: TokenHook | None = None,
     ) -> Generator[str, None, GenerationResult]:
-        """Yield text pieces; the generator's return value is the GenerationResult.
+        """Yield text pieces; the generator's return value is the GenerationResult. `on_token` is called after
+        every generated token and can stop the answer (TokenHook).
 
         `prompt_ids` holds IMAGE_TOKEN_INDEX once per entry of `images`. Timings count from `t_start`
         (default: now) and include the consumer's time between pieces. Closing the generator early
@@ -255,6 +265,7 @@ class Session:
                     config,
                     timings or Timings(),
                     time.perf_counter() if t_start is None else t_start,
+                    on_token,
                 )
             )
         finally:
@@ -267,6 +278,7 @@ class Session:
         config: GenerationConfig,
         timings: Timings,
         t_start: float,
+        on_token: TokenHook | None,
     ) -> Generator[str, None, GenerationResult]:
         spec = self.backend.spec
         keys = self._position_keys(prompt_ids, images)
@@ -280,6 +292,7 @@ class Session:
         budget = min(config.max_new_tokens, spec.context_length - total + 1)  # never past the context
         finish = "length" if budget == config.max_new_tokens else "context"
         generated: list[int] = []
+        shown = ""  # the text yielded so far
         eos = sorted(self.eos_token_ids)
 
         def pick(row: np.ndarray) -> int:  # row: (V,) logits of the next token
@@ -301,11 +314,16 @@ class Session:
             generated.append(token)
             piece = stream.update(generated)
             if piece:
+                shown += piece
                 yield piece
             if stream.stopped:
                 finish = "stop"
                 break
+            halt = on_token is not None and bool(on_token(len(generated), shown))
             if len(generated) >= budget:
+                break
+            if halt:
+                finish = "canceled"
                 break
             token = pick(self.step(token)[0, -1])
 
