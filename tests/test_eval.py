@@ -298,6 +298,8 @@ def test_runner_bad_inputs_are_named_or_counted(tmp_path):
     assert "nope.png" in (tmp_path / "o3.skipped.jsonl").read_text()
     with pytest.raises(ConfigError, match="needs --questions FILE and --images DIR"):
         RunConfig("pope", "shapes-demo", "o.jsonl")
+    with pytest.raises(ConfigError, match="--camera-effects applies to --benchmark shapes, not shapes-stream"):
+        RunConfig("shapes-stream", "shapes-demo", "o.jsonl", camera_effects=True)
     cli = subprocess.run(
         [str(EXE / "lphi-eval"), "score", "--benchmark", "pope", "--answers", "a.jsonl"], capture_output=True, text=True
     )

@@ -55,3 +55,77 @@ def test_synthetic_config_has_llava_phi_widths():
     for bad in ("phi2-0l", "phi2-33l", "llama-2l"):
         with pytest.raises(ConfigError, match="phi2-Nl"):
             synthetic_config(bad)
+
+
+def test_camera_effects_degrade_like_a_camera_and_stay_in_their_ranges():
+    from PIL import Image
+
+    from lphi_edge.data.camera import CameraEffects
+
+    rng = np.random.default_rng(0)
+    scene = random_scene(rng)
+    clean = render(scene, rng, noise=0)
+    flat = CameraEffects(resolution=None, jpeg_quality=None, noise=0.0, brightness=(1.0, 1.0))
+    assert np.array_equal(flat.apply(clean, rng), clean)  # every effect off: the frame itself
+    # brightness alone: the frame scaled by one factor in the range
+    bright = CameraEffects(resolution=None, jpeg_quality=None, noise=0.0, brightness=(0.8, 1.2)).apply(clean, rng)
+    dark = clean.astype(float) > 20
+    ratio = bright[dark].astype(float) / clean[dark]
+    assert 0.79 <= np.median(ratio) <= 1.21 and np.percentile(np.abs(ratio - np.median(ratio)), 90) < 0.02
+    # the resize through 1280×720 alone: a mild blur (edges change, flat regions do not)
+    resized = CameraEffects(jpeg_quality=None, noise=0.0, brightness=(1.0, 1.0)).apply(clean, rng)
+    diff = np.abs(resized.astype(int) - clean).max(-1)
+    assert resized.shape == clean.shape and 0 < diff.mean() < 6 and np.median(diff) <= 1
+    # all of them: the same scene, noisier; JPEG quality drawn in 60..90 (the file size tells)
+    full = CameraEffects()
+    frames = [full.apply(clean, np.random.default_rng(s)) for s in range(8)]
+    assert all(f.shape == clean.shape and f.dtype == np.uint8 for f in frames)
+    assert len({f.tobytes() for f in frames}) == 8  # every capture is drawn anew
+    assert 2 < np.mean([np.abs(f.astype(int) - clean).mean() for f in frames]) < 40
+    assert Image.fromarray(frames[0]).size == (clean.shape[1], clean.shape[0])
+    for bad, field in [
+        (dict(resolution=(0, 720)), "resolution"),
+        (dict(jpeg_quality=(90, 60)), "jpeg_quality"),
+        (dict(noise=-1.0), "noise"),
+        (dict(brightness=(0.0, 1.2)), "brightness"),
+    ]:
+        with pytest.raises(ConfigError, match=field):
+            CameraEffects(**bad)
+
+
+def test_make_shapes_camera_effects_share_and_the_camera_evaluation(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from lphi_edge.eval.shapes import shapes_items
+
+    cli = [sys.executable, "-c", "from lphi_edge.cli.train import make_shapes; raise SystemExit(make_shapes())"]
+    args = ["--n", "40", "--seed", "4", "--size", "96"]
+    subprocess.run([*cli, "--out", str(tmp_path / "clean"), *args], check=True, capture_output=True)
+    subprocess.run([*cli, "--out", str(tmp_path / "half"), *args, "--camera-effects", "0.5"], check=True)
+    subprocess.run([*cli, "--out", str(tmp_path / "all"), *args, "--camera-effects"], check=True)
+    marked = {}
+    for name in ("clean", "half", "all"):
+        scenes = [json.loads(line) for line in (tmp_path / name / "scenes.jsonl").read_text().splitlines()]
+        marked[name] = [bool(s.get("camera")) for s in scenes]
+        assert [s["shapes"] for s in scenes] == [  # the same scenes whatever the effects
+            json.loads(line)["shapes"] for line in (tmp_path / "clean" / "scenes.jsonl").read_text().splitlines()
+        ]
+    assert not any(marked["clean"]) and all(marked["all"]) and 10 <= sum(marked["half"]) <= 30
+    for i, camera in enumerate(marked["half"]):  # unmarked frames are the clean frames, byte for byte
+        same = (tmp_path / "half" / f"images/{i:06d}.png").read_bytes() == (
+            tmp_path / "clean" / f"images/{i:06d}.png"
+        ).read_bytes()
+        assert same != camera, i
+    with Image.open(tmp_path / "all" / "images/000000.png") as im:
+        assert im.size == (96, 96)
+    bad = subprocess.run([*cli, "--out", str(tmp_path / "bad"), *args, "--camera-effects", "1.5"], capture_output=True)
+    assert bad.returncode == 2 and b"--camera-effects must be a share in [0, 1], got 1.5" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    # the camera evaluation asks the same questions about the same scenes, degraded
+    clean, camera = list(shapes_items(6, seed=9)), list(shapes_items(6, seed=9, camera_effects=True))
+    assert [(q, qa) for q, _, qa in clean] == [(q, qa) for q, _, qa in camera]
+    assert all(not np.array_equal(a, b) for (_, a, _), (_, b, _) in zip(clean, camera))

@@ -2,6 +2,7 @@
 
 lphi-eval run --model DIR --benchmark B --questions Q --images DIR --out ANSWERS.jsonl [--limit N] [--backend B]
 lphi-eval run --model shapes-demo --benchmark shapes --out shapes.jsonl [--n 400 --seed 12345] [--visual-tokens K]
+    [--camera-effects]
 lphi-eval run --model shapes-demo --benchmark shapes-stream --frame-reuse on --out s.jsonl [--noise 3 --jpeg-quality 90]
 lphi-eval score --benchmark pope --questions Q.jsonl --answers A.jsonl --annotations DIR [--json]
 lphi-eval score --benchmark sqa --problems-dir DIR --answers A.jsonl [--split test]
@@ -96,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--jpeg-quality", type=int, default=90, help="shapes-stream: JPEG quality of each capture (0: uncompressed)"
     )
+    r.add_argument(
+        "--camera-effects",
+        action="store_true",
+        help="shapes: the same frames as a camera delivers them (resized through 1280x720, JPEG, noise, brightness)",
+    )
 
     s = sub.add_parser("score", help="score answers with the official rules")
     s.add_argument("--benchmark", required=True, choices=BENCHMARKS)
@@ -130,7 +136,7 @@ def _dispatch(args) -> int:
         cfg = RunConfig(
             args.benchmark, args.model, args.out, args.questions, args.images, args.limit, args.backend,
             args.device, args.on_bad, args.max_new_tokens, args.n, args.seed, args.visual_tokens, args.frame_reuse,
-            args.noise, args.jpeg_quality or None,
+            args.noise, args.jpeg_quality or None, args.camera_effects,
         )  # fmt: skip
         summary = run_eval(cfg)
         print(json.dumps(summary))

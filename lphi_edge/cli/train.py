@@ -62,6 +62,16 @@ def make_shapes(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also write finetune_binding.json: the conversations + questions only the colour-shape binding answers",
     )
+    p.add_argument(
+        "--camera-effects",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=0.0,
+        metavar="SHARE",
+        help="pass frames through camera effects (resize through 1280x720, JPEG 60-90, noise, brightness): "
+        "all of them, or this share (0..1)",
+    )
     args = p.parse_args(argv)
     setup_logging(False)
 
@@ -75,7 +85,11 @@ def make_shapes(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--n must be ≥ 1, got {args.n}")
         if not 0.0 <= args.multi_turn <= 1.0:
             raise ConfigError(f"--multi-turn must be a probability in [0, 1], got {args.multi_turn}")
-        out = write_shapes_dataset(Path(args.out), args.n, args.seed, args.size, args.multi_turn, args.binding)
+        if not 0.0 <= args.camera_effects <= 1.0:
+            raise ConfigError(f"--camera-effects must be a share in [0, 1], got {args.camera_effects}")
+        out = write_shapes_dataset(
+            Path(args.out), args.n, args.seed, args.size, args.multi_turn, args.binding, args.camera_effects
+        )
         print(f"wrote {out}")
         return 0
 

@@ -5,6 +5,9 @@ DIR/pretrain.json   stage 1, LLaVA "plain": [{"id", "image", "conversations": [h
 DIR/finetune.json   stage 2: every question type, single- and multi-turn conversations
 DIR/scenes.jsonl    ground truth per frame (shapes, colours, boxes) for evaluation
 DIR/finetune_binding.json   (with `binding`) finetune.json + single-turn `binding_questions` for every frame
+
+With `camera_effects` = p, each frame is, with probability p, stored as a camera would deliver it
+(`CameraEffects`: resized through 1280×720, JPEG, noise, brightness); scenes.jsonl marks those frames.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lphi_edge.atomic import atomic_directory
+from lphi_edge.data.camera import CameraEffects
 from lphi_edge.data.shapes import DESCRIBE, QA, binding_questions, caption, questions, random_scene, render
 
 
@@ -36,15 +40,25 @@ def _single_turn(record_id: str, image: str, qas: list[QA]) -> list[dict]:
 
 
 def write_shapes_dataset(
-    out: Path, n: int, seed: int, size: int = 224, multi_turn: float = 0.5, binding: bool = False
+    out: Path,
+    n: int,
+    seed: int,
+    size: int = 224,
+    multi_turn: float = 0.5,
+    binding: bool = False,
+    camera_effects: float = 0.0,
 ) -> Path:
     """n frames; each gets a caption record and one conversation: with probability `multi_turn` a multi-turn
     one holding every question and a DESCRIBE turn (the caption, which names every object: a dense signal
     for a vision tower trained in stage 2) in random order, otherwise one single-turn record per question.
     With `binding`, also finetune_binding.json: the same conversations plus `binding_questions` for every frame,
-    drawn from a random stream of their own (every other file is the same as without)."""
-    if not 0.0 <= multi_turn <= 1.0:
-        raise ValueError(f"multi_turn must be a probability in [0, 1], got {multi_turn}")
+    drawn from a random stream of their own (every other file is the same as without). With `camera_effects` = p,
+    a share p of the frames passes through `CameraEffects` (a random stream of its own: the scenes, questions and
+    every other frame are the same as without)."""
+    for name, p in (("multi_turn", multi_turn), ("camera_effects", camera_effects)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+    effects, effects_rng = CameraEffects(), np.random.default_rng([seed, 2])
     rng = np.random.default_rng(seed)
     drill_rng = np.random.default_rng([seed, 1])
     pretrain, finetune, drill = [], [], []
@@ -54,8 +68,11 @@ def write_shapes_dataset(
             for i in tqdm(range(n), desc="lphi-make-shapes", unit="frame"):
                 scene = random_scene(rng, size)
                 name = f"images/{i:06d}.png"
-                Image.fromarray(render(scene, rng, size)).save(tmp / name)
-                scenes.write(json.dumps({"image": name, "shapes": [asdict(s) for s in scene]}) + "\n")
+                frame = render(scene, rng, size)
+                camera = bool(effects_rng.random() < camera_effects)
+                Image.fromarray(effects.apply(frame, effects_rng) if camera else frame).save(tmp / name)
+                record = {"image": name, "shapes": [asdict(s) for s in scene]} | ({"camera": True} if camera else {})
+                scenes.write(json.dumps(record) + "\n")
                 pretrain.append(
                     {
                         "id": f"cap-{i}",

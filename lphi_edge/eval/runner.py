@@ -60,6 +60,7 @@ class RunConfig:
     frame_reuse: bool | float = False  # Assistant frame_reuse: False (exact frames), True (default tolerance), float
     noise: float = 3.0  # shapes-stream: sensor noise σ, 8-bit levels
     jpeg_quality: int | None = 90  # shapes-stream: JPEG quality of each capture (None: uncompressed)
+    camera_effects: bool = False  # shapes: the same frames as a camera delivers them (data.camera.CameraEffects)
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
@@ -69,6 +70,8 @@ class RunConfig:
         Camera(self.noise, self.jpeg_quality)  # validates both
         if self.benchmark not in GENERATED and not (self.questions and self.images):
             raise ConfigError(f"--benchmark {self.benchmark} needs --questions FILE and --images DIR")
+        if self.camera_effects and self.benchmark != "shapes":
+            raise ConfigError(f"--camera-effects applies to --benchmark shapes, not {self.benchmark}")
         if self.on_bad not in ("error", "skip"):
             raise ConfigError(f"on_bad must be error or skip, got {self.on_bad!r}")
         if self.limit is not None and self.limit < 1:
@@ -98,9 +101,10 @@ def load_questions(cfg: RunConfig) -> Iterator[Question]:
     if cfg.benchmark == "shapes":
         from lphi_edge.eval.shapes import shapes_items
 
-        for qid, frame, qa in shapes_items(cfg.n, cfg.seed):
+        where = f"shapes seed {cfg.seed}" + (" (camera effects)" if cfg.camera_effects else "")
+        for qid, frame, qa in shapes_items(cfg.n, cfg.seed, cfg.camera_effects):
             meta = {"type": qa.kind, "expected": qa.answer}
-            yield Question(qid, qa.question, qa.question, frame, f"shapes seed {cfg.seed}", meta)
+            yield Question(qid, qa.question, qa.question, frame, where, meta)
         return
     if cfg.benchmark == "shapes-stream":
         for qid, frame, qa, scene in stream_items(cfg.n, cfg.seed, cfg.camera):

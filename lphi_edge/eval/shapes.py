@@ -1,6 +1,6 @@
 """Accuracy on the shapes camera task, per question type, on freshly generated frames.
 
-python -m lphi_edge.eval.shapes --model shapes-demo --n 400 --seed 12345 [--json OUT]
+python -m lphi_edge.eval.shapes --model shapes-demo --n 400 --seed 12345 [--camera-effects] [--json OUT]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lphi_edge.assistant import Assistant
+from lphi_edge.data.camera import CameraEffects
 from lphi_edge.data.shapes import QA, QUESTION_TYPES, questions, random_scene, render
 
 logger = logging.getLogger(__name__)
@@ -26,12 +27,15 @@ def normalise(text: str) -> str:
     return text.strip().lower().rstrip(".").strip()
 
 
-def shapes_items(n: int, seed: int) -> Iterator[tuple[str, np.ndarray, QA]]:
-    """(question id, frame, question) for every applicable question about n fresh frames of one seed."""
-    rng = np.random.default_rng(seed)
+def shapes_items(n: int, seed: int, camera_effects: bool = False) -> Iterator[tuple[str, np.ndarray, QA]]:
+    """(question id, frame, question) for every applicable question about n fresh frames of one seed; with
+    `camera_effects`, the same frames and questions as a camera delivers them (`CameraEffects`, own random stream)."""
+    rng, effects_rng = np.random.default_rng(seed), np.random.default_rng([seed, 2])
     for i in range(n):
         scene = random_scene(rng)
         frame = render(scene, rng)
+        if camera_effects:
+            frame = CameraEffects().apply(frame, effects_rng)
         for k, qa in enumerate(questions(scene, rng)):
             yield f"{seed}-{i}-{k}", frame, qa
 
@@ -50,10 +54,13 @@ def shapes_accuracy(results: list[tuple[str, str, str]]) -> dict[str, Any]:
     }
 
 
-def evaluate_shapes(assistant: Assistant, n: int = 400, seed: int = 12345, max_new_tokens: int = 8) -> dict[str, Any]:
-    """Ask every applicable question about n new frames; accuracy overall and per question type."""
+def evaluate_shapes(
+    assistant: Assistant, n: int = 400, seed: int = 12345, max_new_tokens: int = 8, camera_effects: bool = False
+) -> dict[str, Any]:
+    """Ask every applicable question about n new frames (as a camera delivers them, with `camera_effects`);
+    accuracy overall and per question type."""
     results, examples = [], []
-    for _, frame, qa in tqdm(shapes_items(n, seed), desc="shapes eval", unit="question"):
+    for _, frame, qa in tqdm(shapes_items(n, seed, camera_effects), desc="shapes eval", unit="question"):
         got = assistant.ask(frame, qa.question, max_new_tokens=max_new_tokens).text
         results.append((qa.kind, qa.answer, got))
         if normalise(got) != qa.answer and len(examples) < 20:
@@ -63,6 +70,7 @@ def evaluate_shapes(assistant: Assistant, n: int = 400, seed: int = 12345, max_n
     return {
         "frames": n,
         "seed": seed,
+        "camera_effects": camera_effects,
         "questions": sum(asked.values()),
         "accuracy": acc["accuracy"],
         "per_type": per_type,
@@ -77,10 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default=None)
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument(
+        "--camera-effects",
+        action="store_true",
+        help="the same frames through camera effects (data.camera.CameraEffects)",
+    )
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = evaluate_shapes(Assistant.from_pretrained(args.model, backend=args.backend), args.n, args.seed)
+    assistant = Assistant.from_pretrained(args.model, backend=args.backend)
+    result = evaluate_shapes(assistant, args.n, args.seed, camera_effects=args.camera_effects)
     result["model"] = args.model
     text = json.dumps(result, indent=2)
     if args.json:
