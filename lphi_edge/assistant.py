@@ -176,6 +176,33 @@ class Assistant:
         return cls.from_torch_backend(be, path, tokenizer, **kwargs)
 
     @classmethod
+    def phased(cls, prompt: Assistant, tokens: Assistant, **kwargs: Any) -> Assistant:
+        """One engine per phase (runtime/phased.py): frames and prompts on `prompt`'s engine, the answer's tokens
+        on `tokens`' — e.g. torch bf16 for the prompt, an int4 export with the KV cache in place for the tokens.
+        The cache moves to the token engine once per answer. Both must be the same model: the same tokenizer,
+        template, image preprocessing and model geometry (checked). The two engines are shared, not copied:
+        the memory is both engines' (the benchmark states each one's). Keywords go to the new Assistant
+        (frame_reuse, visual_tokens, image_cache_size)."""
+        from lphi_edge.runtime.phased import PhasedBackend
+
+        differ = [
+            what
+            for what, a, b in (
+                ("tokenizer", prompt.tokenizer, tokens.tokenizer),
+                ("template", prompt.template, tokens.template),
+                ("image preprocessing", prompt.processor.config, tokens.processor.config),
+                ("eos tokens", prompt.eos_token_ids, tokens.eos_token_ids),
+            )
+            if a != b
+        ]
+        if differ:
+            raise ConfigError(f"the prompt and token engines are not the same model: their {', '.join(differ)} differ")
+        backend = PhasedBackend(prompt.backend, tokens.backend)
+        return cls(
+            backend, tokens.tokenizer, tokens.processor.config, tokens.template, set(tokens.eos_token_ids), **kwargs
+        )
+
+    @classmethod
     def from_torch_backend(cls, be: TorchBackend, path: Path, tokenizer: Tokenizer, **kwargs: Any) -> Assistant:
         """An Assistant over a model already loaded from the checkpoint at `path` (e.g. the exporter's own)."""
         from lphi_edge.model.checkpoint import processor_config

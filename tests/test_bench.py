@@ -156,3 +156,28 @@ def test_bad_arguments_are_refused():
         BenchConfig(models=("m",), synthetic_exports=("int2",))
     proc = subprocess.run([str(EXE / "lphi-bench"), "--model", "/no/such"], capture_output=True, text=True)
     assert proc.returncode == 2 and "model not found" in proc.stderr
+
+
+def test_an_engine_pair_is_one_row_beside_its_engines(tiny_ckpt, tiny_int8, tmp_path):
+    """--phased: frames and prefill on torch bf16, the tokens on the int8 export, as one Assistant."""
+    out = tmp_path / "bench.json"
+    cmd = [str(EXE / "lphi-bench"), "--model", str(tiny_ckpt), "--model", str(tiny_int8), "--torch-dtypes", "bf16"]
+    cmd += ["--phased", "torch/bf16+int8", "--baseline", "hf", "--runs", "1", "--warmup", "0", "--new-tokens", "3"]
+    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    rows = {x["key"]: x for x in r["results"]}
+    assert list(rows) == ["torch/bf16", "onnxruntime/int8", "torch/bf16 → onnxruntime/int8"]
+    pair, prompt, tokens = rows["torch/bf16 → onnxruntime/int8"], rows["torch/bf16"], rows["onnxruntime/int8"]
+    assert (pair["backend"], pair["precision"]) == ("torch+onnxruntime", "bf16+int8")
+    assert pair["phases"] == {"prompt": "torch/bf16", "tokens": "onnxruntime/int8"} and prompt["phases"] is None
+    assert pair["load_rss_mb"] == pytest.approx(prompt["load_rss_mb"] + tokens["load_rss_mb"], abs=0.11)
+    assert pair["weights_mb"] == pytest.approx(prompt["weights_mb"] + tokens["weights_mb"], abs=0.11)
+    assert pair["decode_floor_ms"] == tokens["decode_floor_ms"]  # the token engine's weights are read per token
+    assert set(pair["threads"]) == {"prompt", "tokens"}
+    assert r["speedup_vs_baseline"][pair["key"]]["baseline"] == "transformers/bf16"  # the prompt engine's
+    quick = [*cmd[:7], "--runs", "1", "--warmup", "0", "--new-tokens", "2"]
+    bad = subprocess.run([*quick, "--phased", "torch/fp16+int8"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--phased: 'torch/fp16' names no loaded engine: give one of" in bad.stderr
+    bad = subprocess.run([*quick, "--phased", "torch/bf16"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--phased takes PROMPT+TOKENS" in bad.stderr

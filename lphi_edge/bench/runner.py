@@ -86,6 +86,7 @@ class BenchConfig:
     cuda_graphs: str = "on"  # torch backend on CUDA: "on", "off" (eager decode) or "both", side by side
     visual_tokens: tuple[int, ...] = ()  # a row per K (per engine) beside the all-tokens row
     reused_frame: bool = False  # a row per engine: a new capture of the frame just asked about, frame reuse on
+    phased: tuple[tuple[str, str], ...] = ()  # (prompt engine, token engine) pairs: labels or model directory names
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", str(parse_device(self.device)))  # canonical: cpu, cuda, cuda:N
@@ -127,6 +128,7 @@ class Target:
     arch: Arch | None
     load_rss_mb: float  # resident memory the process grew by while loading this engine
     kv_cache: str | None = None  # an export's decoder cache: "concat", "shared" or "shared/int8"
+    phases: tuple[Target, Target] | None = None  # an engine pair: (prompt engine, token engine), both loaded above
     visual_tokens: int | None = None  # K image tokens fed to the LM (None: all N)
     reused_frame: bool = False  # the timed question is about a new capture of the frame asked about before
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "ttft")})
@@ -190,6 +192,31 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
     )  # fmt: skip
 
 
+def pair_target(prompt: Target, tokens: Target) -> Target:
+    """The two loaded engines as one Assistant (Assistant.phased): frames and prefill on `prompt`, tokens on
+    `tokens`. Weights and resident memory are both engines' (each one's share is in its own row)."""
+    from lphi_edge.assistant import Assistant
+
+    assistant = Assistant.phased(prompt.runner, tokens.runner)
+    be = assistant.backend
+    return Target(
+        f"{prompt.label} → {tokens.label}", assistant, be.name, be.precision, be.device,
+        f"{prompt.model} + {tokens.model}", prompt.load_s + tokens.load_s, prompt.weights_mb + tokens.weights_mb,
+        tokens.decode_bytes, prompt.arch or tokens.arch, prompt.load_rss_mb + tokens.load_rss_mb, tokens.kv_cache,
+        phases=(prompt, tokens),
+    )  # fmt: skip
+
+
+def find_engine(targets: list[Target], name: str) -> Target:
+    """The one loaded engine `name` names: its label (e.g. torch/bf16) or its model directory's name."""
+    found = [t for t in targets if name in (t.label, Path(t.model).name)]
+    if len(found) != 1:
+        known = sorted({t.label for t in targets} | {Path(t.model).name for t in targets})
+        why = "names no loaded engine" if not found else f"names {len(found)} engines"
+        raise ConfigError(f"--phased: {name!r} {why}: give one of {known}")
+    return found[0]
+
+
 def variants(t: Target, cfg: BenchConfig) -> list[Target]:
     """The engine's rows: all tokens, each K of --visual-tokens (K = N is the all-tokens row), a reused frame.
     They share the loaded engine; each has its own samples."""
@@ -229,11 +256,18 @@ def load_baselines(targets: list[Target], cfg: BenchConfig) -> dict[str, Target]
     """One transformers baseline per precision the engines need (see baseline_precision), on the first
     checkpoint measured, else the one the first export was made from; keyed by precision, in first-use order."""
     # else the checkpoint each export's manifest (as its backend loaded it) names as its source
-    ckpts = [t.model for t in targets if t.backend == "torch"] or [
-        str(t.runner.backend.manifest.source_checkpoint) for t in targets
+    singles = [t for t in targets if t.phases is None]
+    ckpts = [t.model for t in singles if t.backend == "torch"] or [
+        str(t.runner.backend.manifest.source_checkpoint) for t in singles
     ]
-    precisions = dict.fromkeys(baseline_precision(t.backend, t.precision, cfg.cuda) for t in targets)
+    precisions = dict.fromkeys(_baseline_precision(t, cfg.cuda) for t in targets)
     return {p: load_baseline(ckpts[0], cfg, p) for p in precisions}
+
+
+def _baseline_precision(t: Target, cuda: bool) -> str:
+    """An engine pair is compared with transformers in its prompt engine's baseline precision."""
+    first = t.phases[0] if t.phases else t
+    return baseline_precision(first.backend, first.precision, cuda)
 
 
 def _load(make: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -320,7 +354,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     threads = torch.get_num_threads()
     models = list(cfg.models) + (_synthetic_models(cfg) if cfg.synthetic_config else [])
     image = _image(cfg.image)
-    targets = [v for m in models for t in load_targets(m, cfg) for v in variants(t, cfg)]
+    engines = [t for m in models for t in load_targets(m, cfg)]
+    pairs = [pair_target(find_engine(engines, a), find_engine(engines, b)) for a, b in cfg.phased]
+    targets = [v for t in engines + pairs for v in variants(t, cfg)]
     baselines = load_baselines(targets, cfg) if cfg.baseline == "hf" else {}
     everyone = targets + list(baselines.values())
     logger.info("measuring the machine's floor (copy, read and matmul tests)")
@@ -364,9 +400,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             r["key"] = f"{r['key']} ({Path(r['model']).name})"
     bases = {p: _result(b, bandwidth, read_bw, gflops, prompt_positions, cfg) for p, b in baselines.items()}
     speedup = {
-        res["key"]: _speedup(res, bases[baseline_precision(t.backend, t.precision, cuda)])
-        for t, res in zip(targets, results)
-        if bases
+        res["key"]: _speedup(res, bases[_baseline_precision(t, cuda)]) for t, res in zip(targets, results) if bases
     }
     return {
         "machine": machine_info(threads, dev)
@@ -463,7 +497,8 @@ def _result(
         "ttft_ms": _pct(t.samples["ttft"]),
         "decode_tokens_per_s": round(1e3 / stages["decode_per_token"]["p50"], 2),
         "peak_rss_mb": round(t.peak_rss_mb, 1),  # the whole process, every engine loaded
-        "load_rss_mb": round(t.load_rss_mb, 1),  # this engine's own share: growth while it loaded
+        "load_rss_mb": round(t.load_rss_mb, 1),  # this engine's own share: growth while it loaded (a pair: both)
+        "phases": None if t.phases is None else {"prompt": t.phases[0].label, "tokens": t.phases[1].label},
         "gpu_peak_mb": None if t.gpu_peak_mb is None else round(t.gpu_peak_mb, 1),
         "weights_mb": round(t.weights_mb, 1),
         "load_s": round(t.load_s, 2),

@@ -10,7 +10,12 @@ in one process, next to transformers' eager generate() and the machine's floor.
 fp16 transformers, ...); each speed-up names its baseline. Each result records the CPU threads its engine ran
 with ("threads"). A bad --device or --threads is one `lphi-bench: error: ...` line and exit status 2.
 --visual-tokens K,... adds a row per K for each engine, --reused-frame a row timing a new capture of the frame
-just asked about (frame reuse on), both on the same loaded engine, interleaved with the others.
+just asked about (frame reuse on), both on the same loaded engine, interleaved with the others. --phased
+PROMPT+TOKENS adds a row for two loaded engines used as one (Assistant.phased: frames and prefill on the first,
+the tokens on the second, the KV cache handed over once per answer), e.g.
+
+    lphi-bench --synthetic-config phi2-2l --synthetic-exports int4-b256-shared --torch-dtypes bf16 \
+        --phased torch/bf16+onnxruntime/int4 --baseline hf --json out.json
 """
 
 from __future__ import annotations
@@ -73,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also a row per engine: a new noisy capture of the frame just asked about, frame reuse on (TTFT "
         "from the cached features and image positions; the same question again: a stored answer)",
     )
+    p.add_argument(
+        "--phased",
+        action="append",
+        default=[],
+        metavar="PROMPT+TOKENS",
+        help="also a row for an engine pair (repeatable): frames and prefill on one loaded engine, the tokens on "
+        "another, e.g. torch/bf16+onnxruntime/int4 (an engine's label or its model directory's name)",
+    )
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--markdown", help="write the table here")
     p.add_argument("--plot", help="write the stacked stage bars here (PNG)")
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             cuda_graphs=args.cuda_graphs,
             visual_tokens=_ints(args.visual_tokens, "--visual-tokens"),
             reused_frame=args.reused_frame,
+            phased=tuple(_pair(x) for x in args.phased),
         )
         result = run_bench(cfg)
         result["command"] = " ".join(["lphi-bench", *(argv if argv is not None else sys.argv[1:])])
@@ -118,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run("lphi-bench", _main)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    from lphi_edge.errors import ConfigError
+
+    parts = [x.strip() for x in text.split("+")]
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--phased takes PROMPT+TOKENS (two engines joined by one '+'), got {text!r}")
+    return parts[0], parts[1]
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:

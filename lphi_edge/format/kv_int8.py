@@ -20,12 +20,18 @@ def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * scale[None, :, None, :]
 
 
+def quantize(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """x f32 [B, H, P, Dh] as the int8 cache stores it: round(x / scale) saturated, scale [H, Dh] per channel —
+    what GroupQueryAttention writes (used to hand a cache computed elsewhere to an int8-cache decoder)."""
+    return np.clip(np.round(x / scale[None, :, None, :]), -(QMAX + 1), QMAX).astype(np.int8)
+
+
 def round_trip(x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, float]:
     """(x as the int8 cache keeps it — x / scale rounded, saturated, times scale; the fraction of x that
     saturated). x [B, H, P, Dh], scale [H, Dh]: the arithmetic GroupQueryAttention applies when it writes."""
     q = np.round(x / scale[None, :, None, :])  # (B, H, P, Dh)
     clipped = float(np.mean((q < -(QMAX + 1)) | (q > QMAX)))
-    return dequantize(np.clip(q, -(QMAX + 1), QMAX), scale), clipped
+    return dequantize(quantize(x, scale), scale), clipped
 
 
 def load_scales(path: Path, shape: tuple[int, int, int]) -> np.ndarray:

@@ -85,6 +85,15 @@ class Tokenizer:
             f"no tokenizer in {path}: expected tokenizer.json (or vocab.json + merges.txt to convert)"
         )
 
+    def __eq__(self, other: object) -> bool:
+        """The same vocabulary, merges, normalisation and decoding (two engines of one model agree on every id)."""
+        if not isinstance(other, Tokenizer):
+            return NotImplemented
+        same = self._tok.to_str() == other._tok.to_str()
+        return same and (self.eos_token_id, self.clean_up_spaces) == (other.eos_token_id, other.clean_up_spaces)
+
+    __hash__ = None  # mutable wrapper: compared, never used as a key
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)

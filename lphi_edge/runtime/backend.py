@@ -102,10 +102,29 @@ class Backend(Protocol):
         the cache extended by S positions)."""
         ...
 
+    # Engines that can continue from a cache another engine computed (engine per phase, runtime/phased.py) also
+    # have cache_from_arrays(arrays: list[np.ndarray]) -> KVCache: f32 [B, H, P, Dh] per tensor in
+    # past_key_values order, as KVCache.arrays() gives them, turned into this engine's own cache.
+
     def thread_settings(self) -> dict[str, Any]:
         """The CPU thread pools this engine runs with, read back from its library (e.g. {"torch": 4}); {} when
         it has none (TensorRT). Benchmarks and the ROS node's diagnostics record it."""
         ...
+
+
+def check_cache_arrays(arrays: list[np.ndarray], count: int, shape: tuple[int, int, int]) -> int:
+    """A handed-over cache's tensors must be `count` arrays [B, H, P, Dh] with (B, H, Dh) = `shape` and one P;
+    returns P. (What `KVCache.arrays()` of an engine of the same model gives.)"""
+    if len(arrays) != count:
+        raise ConfigError(f"a handed-over KV cache has {len(arrays)} tensors; this engine keeps {count} (2 · layers)")
+    lengths = {a.shape[2] if a.ndim == 4 else -1 for a in arrays}
+    bad = [a.shape for a in arrays if a.ndim != 4 or (a.shape[0], a.shape[1], a.shape[3]) != shape]
+    if bad or len(lengths) != 1:
+        raise ConfigError(
+            f"a handed-over KV cache must be {count} arrays [B, H, P, Dh] with (B, H, Dh) = {shape} and one P; "
+            f"got shapes {sorted({a.shape for a in arrays})}"
+        )
+    return lengths.pop()
 
 
 IMAGE_ATTENTION = "image_attention"  # the vision encoder export's output of the [CLS] attention f32 [B, N]

@@ -24,9 +24,9 @@ import numpy as np
 
 from lphi_edge.errors import CheckpointError, ConfigError, ContextLengthError, LphiError
 from lphi_edge.format.engines import TRT_DIR, engine_dir_name
-from lphi_edge.format.kv_int8 import dequantize, load_scales
+from lphi_edge.format.kv_int8 import dequantize, load_scales, quantize
 from lphi_edge.format.manifest import MANIFEST, PARTS, Manifest, decoder_io_names
-from lphi_edge.runtime.backend import ModelSpec
+from lphi_edge.runtime.backend import ModelSpec, check_cache_arrays
 from lphi_edge.runtime.cuda_trt import gpu_info
 from lphi_edge.runtime.device import check_threads, parse_device
 
@@ -174,21 +174,38 @@ class SharedKVCache:
             return
         if total > self._limit:
             raise ContextLengthError(f"{total} positions exceed the context length {self._limit}")
+        if self.capacity:
+            logger.debug("shared KV cache grows from %d positions", self.capacity)
+        self._allocate(total, [h[:, :, : self._seq_len] for h in self._host()])
+
+    def load(self, arrays: list[np.ndarray]) -> None:
+        """Hold exactly these positions: f32 [B, H, P, Dh] per tensor, as the values they stand for (quantized
+        here for an int8 cache) — a cache computed by another engine, handed over once."""
+        length = check_cache_arrays(arrays, self._count, self._shape)
+        if self.scales is None:
+            held = [a.astype(self._dtype) for a in arrays]
+        else:
+            held = [quantize(a, scale) for a, scale in zip(arrays, self.scales)]
+        if length > self._limit:
+            raise ContextLengthError(f"{length} positions exceed the context length {self._limit}")
+        self._seq_len = 0
+        self._allocate(max(length, 1), held)
+        self._seq_len = length
+
+    def _allocate(self, total: int, held: list[np.ndarray]) -> None:
+        """New buffers of a power-of-two capacity ≥ total (≥ MIN_CAPACITY), holding `held` [B, H, P, Dh] at 0..P."""
         capacity = min(self._limit, max(self.MIN_CAPACITY, 1 << (total - 1).bit_length()))
         import onnxruntime as ort
 
         b, h, dh = self._shape
-        held = self._host()
         buffers, values = [], []
         for k in range(self._count):
             arr = np.zeros((b, h, capacity, dh), dtype=self._dtype)
             if held:
-                arr[:, :, : self._seq_len] = held[k][:, :, : self._seq_len]
+                arr[:, :, : held[k].shape[2]] = held[k]
             values.append(ort.OrtValue.ortvalue_from_numpy(arr, self._device, self._device_id))
             if self._device == "cpu":
                 buffers.append(arr)  # the OrtValue wraps this memory
-        if self.capacity:
-            logger.debug("shared KV cache grown from %d to %d positions", self.capacity, capacity)
         self.buffers, self.values, self.capacity, self.binding = buffers, values, capacity, None
 
     def _host(self) -> list[np.ndarray]:
@@ -336,6 +353,22 @@ class OnnxBackend:
             values = [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", self._device_id) for _ in self._past_names]
             return OrtCache(values, 0, self._device_id)
         return OrtCache([empty for _ in self._past_names], 0)
+
+    def cache_from_arrays(self, arrays: list[np.ndarray]) -> OrtCache | SharedKVCache:
+        """A cache of this engine holding these positions (f32 [B, H, P, Dh] per tensor, past_key_values order),
+        in its own format: the in-place buffers, in int8 for an int8 cache; on its device."""
+        cache = self.new_cache(arrays[0].shape[0] if arrays else 1)
+        if isinstance(cache, SharedKVCache):
+            cache.load(arrays)
+            return cache
+        shape = (self.spec.num_kv_heads, self.spec.head_dim)
+        length = check_cache_arrays(arrays, len(self._past_names), (arrays[0].shape[0], *shape))
+        held = [np.ascontiguousarray(a, dtype=self._kv_dtype) for a in arrays]
+        if self._cuda:
+            import onnxruntime as ort
+
+            held = [ort.OrtValue.ortvalue_from_numpy(a, "cuda", self._device_id) for a in held]
+        return OrtCache(held, length, self._device_id)
 
     def decode(
         self,

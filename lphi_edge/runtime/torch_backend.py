@@ -23,7 +23,7 @@ from transformers import DynamicCache, StaticCache
 from lphi_edge.errors import ConfigError
 from lphi_edge.model.checkpoint import DTYPE_NAMES, load_checkpoint
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
-from lphi_edge.runtime.backend import ModelSpec
+from lphi_edge.runtime.backend import ModelSpec, check_cache_arrays
 from lphi_edge.runtime.device import check_threads, parse_device
 
 logger = logging.getLogger(__name__)
@@ -223,6 +223,20 @@ class TorchBackend:
         self._epoch += 1
         _rewind(self._static, 0)  # the previous handle's positions
         return StaticTorchCache(self._static, self._epoch, self)
+
+    @torch.inference_mode()
+    def cache_from_arrays(self, arrays: list[np.ndarray]) -> TorchCache | StaticTorchCache:
+        """A cache of this engine holding these positions (f32 [B, H, P, Dh] per tensor, past_key_values order),
+        in the model's dtype on its device."""
+        b = arrays[0].shape[0] if arrays else 1
+        length = check_cache_arrays(arrays, 2 * self.spec.num_layers, (b, self.spec.num_kv_heads, self.spec.head_dim))
+        cache = self.new_cache(b)  # a StaticCache (batch 1, CUDA graphs) or a DynamicCache: filled as a prefill would
+        for i in range(self.spec.num_layers):
+            keys, values = (self._to_torch(a, self.model.dtype) for a in arrays[2 * i : 2 * i + 2])  # (B, H, P, Dh)
+            cache.cache.update(keys, values, i)
+        if isinstance(cache, StaticTorchCache):
+            cache.length = length
+        return cache
 
     def _static_mask(self, attention_mask: np.ndarray, start: int, s: int) -> torch.Tensor:
         """(1, P + S) 0/1 → additive (1, 1, S, L): query i sees keys j ≤ start + i that the mask keeps."""
