@@ -398,3 +398,23 @@ def test_patch_labels_name_the_shape_covering_each_patch():
     tiny = {"x": 20, "y": 20, "size": 16, "color": "green", "kind": "triangle"}  # centre (28, 28); no patch ¼ covered
     grid = patch_labels([tiny], 224, 8).reshape(8, 8)
     assert grid[1, 1] == PAIRS.index(("green", "triangle")) and (grid == BACKGROUND).sum() == 63  # its centre
+
+
+def test_demo_init_takes_a_pretrained_tower_from_another_checkpoint(tmp_path):
+    """`python -m lphi_edge.train.demo --vision-from CKPT`: a new language model over the donor's exact tower."""
+    import dataclasses
+
+    from safetensors.numpy import load_file
+
+    from lphi_edge.train.demo import DEMO_SPEC, write_demo_init
+
+    donor = write_demo_init(tmp_path / "donor", seed=7)
+    deeper = dataclasses.replace(DEMO_SPEC, text_layers=DEMO_SPEC.text_layers + 1)
+    taken = write_demo_init(tmp_path / "taken", seed=8, vision_from=donor, spec=deeper)
+    a, b = load_file(str(donor / "model.safetensors")), load_file(str(taken / "model.safetensors"))
+    tower = [k for k in a if k.startswith("model.vision_tower.")]
+    assert tower and all(np.array_equal(a[k], b[k]) for k in tower)
+    assert json.loads((taken / "config.json").read_text())["num_hidden_layers"] == DEMO_SPEC.text_layers + 1
+    other = dataclasses.replace(DEMO_SPEC, image_size=DEMO_SPEC.image_size + 14)
+    with pytest.raises(ConfigError, match="its vision tower is not this spec's"):
+        write_demo_init(tmp_path / "bad", vision_from=donor, spec=other)

@@ -7,6 +7,7 @@ on the task's text. Trained afterwards with `lphi-train` (see train/shapes_demo.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -17,6 +18,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lphi_edge.data.shapes import DESCRIBE, caption, questions, random_scene
+from lphi_edge.errors import ConfigError
 from lphi_edge.model.checkpoint import save_checkpoint
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 from lphi_edge.model.tiny import TinySpec, tiny_config, train_tokenizer
@@ -56,11 +58,20 @@ def task_corpus(n: int = 2000, seed: int = 0) -> list[str]:
 
 
 def write_demo_init(
-    out: Path, seed: int = 0, vision_data: Path | None = None, vision_steps: int = 4000, per_patch: bool = False
+    out: Path,
+    seed: int = 0,
+    vision_data: Path | None = None,
+    vision_steps: int = 4000,
+    per_patch: bool = False,
+    vision_from: Path | None = None,
+    spec: TinySpec = DEMO_SPEC,
 ) -> Path:
     """The starting checkpoint; with `vision_data` (a lphi-make-shapes directory) its vision tower is first
-    pretrained on that data's frames (lphi_edge.train.vision_pretrain), as LLaVA starts from a pretrained CLIP."""
-    spec = DEMO_SPEC
+    pretrained on that data's frames (lphi_edge.train.vision_pretrain), as LLaVA starts from a pretrained CLIP.
+    With `vision_from` (a checkpoint of the same tower), that checkpoint's pretrained tower is taken instead:
+    the tower is built and seeded before the language model, so `vision_data` with the same seed would give the
+    same tower — this skips retraining it when only the language model changes. `spec`: the sizes (the shipped
+    model's by default; other input sizes and depths for the experiments train/README.md lists)."""
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_tokenizer(spec.vocab_target, task_corpus())
         tok.save(str(Path(tmp) / "tokenizer.json"))
@@ -86,7 +97,14 @@ def write_demo_init(
         processor = ProcessorConfig(
             shortest_edge=spec.image_size, crop_height=spec.image_size, crop_width=spec.image_size, pad_to_square=True
         )
-        if vision_data is not None:
+        if vision_from is not None:
+            from lphi_edge.model.checkpoint import load_checkpoint
+
+            donor = load_checkpoint(vision_from).vision_tower
+            if donor.config.to_dict() != model.vision_tower.config.to_dict():
+                raise ConfigError(f"{vision_from}: its vision tower is not this spec's: re-pretrain with --vision-data")
+            model.vision_tower.load_state_dict(donor.state_dict())
+        elif vision_data is not None:
             from lphi_edge.train.vision_pretrain import pretrain_vision
 
             pretrain_vision(
@@ -108,10 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vision-data", help="lphi-make-shapes directory: pretrain the vision tower on its frames first")
     p.add_argument("--vision-steps", type=int, default=4000)
     p.add_argument("--vision-per-patch", action="store_true", help="also teach every patch feature the shape it shows")
+    p.add_argument("--vision-from", help="take the pretrained vision tower of this checkpoint (same tower spec)")
+    p.add_argument("--image-size", type=int, default=DEMO_SPEC.image_size, help="input px (a multiple of 14)")
+    p.add_argument("--text-layers", type=int, default=DEMO_SPEC.text_layers, help="Phi decoder layers")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = Path(args.vision_data) if args.vision_data else None
-    logger.info("wrote %s", write_demo_init(Path(args.out), args.seed, data, args.vision_steps, args.vision_per_patch))
+    donor = Path(args.vision_from) if args.vision_from else None
+    spec = dataclasses.replace(DEMO_SPEC, image_size=args.image_size, text_layers=args.text_layers)
+    out = write_demo_init(Path(args.out), args.seed, data, args.vision_steps, args.vision_per_patch, donor, spec)
+    logger.info("wrote %s", out)
     return 0
 
 
