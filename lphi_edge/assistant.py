@@ -180,9 +180,9 @@ class Assistant:
         """One engine per phase (runtime/phased.py): frames and prompts on `prompt`'s engine, the answer's tokens
         on `tokens`' — e.g. torch bf16 for the prompt, an int4 export with the KV cache in place for the tokens.
         The cache moves to the token engine once per answer. Both must be the same model: the same tokenizer,
-        template, image preprocessing and model geometry (checked); answers stop on the token engine's eos ids. The two engines are shared, not copied:
-        the memory is both engines' (the benchmark states each one's). Keywords go to the new Assistant
-        (frame_reuse, visual_tokens, image_cache_size)."""
+        template, image preprocessing and model geometry (checked); answers stop on the token engine's eos
+        ids. The two engines are shared, not copied: the memory is both engines' (the benchmark states each
+        one's). Keywords go to the new Assistant (frame_reuse, visual_tokens, image_cache_size)."""
         from lphi_edge.runtime.phased import PhasedBackend
 
         differ = [
