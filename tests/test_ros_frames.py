@@ -230,7 +230,8 @@ def test_a_canceled_answer_stops_at_the_token_it_was_canceled_at_and_frees_the_m
     prompt.canceled = lambda: len(seen) >= 2
     reply = w.answer_safely(prompt)
     assert (reply.finish_reason, reply.tokens, reply.camera) == ("canceled", 2, "head")
-    assert [n for _, n in seen] == [1, 2] and reply.text.startswith(seen[-1][0])  # feedback per token
+    # feedback per token, then once more with the whole text if finishing released text the last token held back
+    assert [n for _, n in seen] in ([1, 2], [1, 2, 2]) and seen[-1][0] == reply.text
     assert model.calls[0][2] == {"max_new_tokens": 12, "temperature": 0.7}  # the goal's own settings
     assert reply.frame.frame_id == "head_cam" and reply.timings["total_ms"] >= reply.timings["ttft_ms"] > 0
     # greedy: the canceled answer is the full answer's first two tokens, and the model is free for the next one
