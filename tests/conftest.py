@@ -21,6 +21,30 @@ def _private_hash_cache(tmp_path_factory):
     os.environ["LPHI_EDGE_CACHE"] = str(tmp_path_factory.mktemp("lphi-edge-cache"))
 
 
+@pytest.fixture(scope="module")
+def ros():
+    """rclpy initialised for one test module's in-process ROS clients (the nodes under test are processes)."""
+    import rclpy
+
+    rclpy.init(args=[])
+    yield
+    rclpy.try_shutdown()
+
+
+def run_torch_free(code: str) -> None:
+    """Run `code` in a fresh interpreter and check that, when it ends, neither torch nor transformers was ever
+    imported: the runtime path (exports, onnxruntime) must work on a robot that has neither."""
+    check = """
+import sys
+bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))
+assert not bad, bad
+print("clean")
+"""
+    proc = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("clean")
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """Native tiny LLaVA-Phi, image_aspect_ratio 'pad', non-zero lm_head bias."""

@@ -119,13 +119,6 @@ def reference(tiny_long) -> Assistant:
 
 
 @pytest.fixture(scope="module")
-def ros():
-    rclpy.init(args=[])
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
 def cams(ros, tiny_long):
     """One node for the action checks: cameras wrist and head, room for 3 waiting requests, 8 tokens per answer."""
     proc, h = start_node(

@@ -264,13 +264,6 @@ def stop_node(proc: subprocess.Popen) -> str:
 
 
 @pytest.fixture(scope="module")
-def ros():
-    rclpy.init(args=[])
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
 def node(ros):
     proc, h = start_node("-p", "model:=shapes-demo", "-p", "backend:=onnxruntime", "-p", "max_frame_age_s:=30.0")
     yield h, proc
