@@ -15,6 +15,14 @@ from PIL import Image
 from lphi_edge.errors import ConfigError
 
 
+def jpeg_round_trip(frame: np.ndarray, quality: int) -> np.ndarray:
+    """HxWx3 uint8 → the same frame JPEG-encoded at `quality` (1..100) and decoded again, HxWx3 uint8 RGB."""
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    with Image.open(io.BytesIO(buf.getvalue())) as decoded:
+        return np.asarray(decoded.convert("RGB"))
+
+
 @dataclass(frozen=True)
 class Camera:
     """How a clean frame is captured.
@@ -38,12 +46,7 @@ class Camera:
         a = clean
         if self.noise:
             a = np.clip(clean + rng.normal(0.0, self.noise, clean.shape), 0, 255).round().astype(np.uint8)
-        if self.jpeg_quality is None:
-            return a
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="JPEG", quality=self.jpeg_quality)
-        with Image.open(io.BytesIO(buf.getvalue())) as im:
-            return np.asarray(im.convert("RGB"))
+        return a if self.jpeg_quality is None else jpeg_round_trip(a, self.jpeg_quality)
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,4 @@ class CameraEffects:
         out = np.clip(a, 0, 255).round().astype(np.uint8)
         if self.jpeg_quality is None:
             return out
-        buf = io.BytesIO()
-        Image.fromarray(out).save(
-            buf, format="JPEG", quality=int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
-        )
-        with Image.open(io.BytesIO(buf.getvalue())) as decoded:
-            return np.asarray(decoded.convert("RGB"))
+        return jpeg_round_trip(out, int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))

@@ -30,12 +30,12 @@ def normalise(text: str) -> str:
 def shapes_items(n: int, seed: int, camera_effects: bool = False) -> Iterator[tuple[str, np.ndarray, QA]]:
     """(question id, frame, question) for every applicable question about n fresh frames of one seed; with
     `camera_effects`, the same frames and questions as a camera delivers them (`CameraEffects`, own random stream)."""
-    rng, effects_rng = np.random.default_rng(seed), np.random.default_rng([seed, 2])
+    rng, effects_rng, effects = np.random.default_rng(seed), np.random.default_rng([seed, 2]), CameraEffects()
     for i in range(n):
         scene = random_scene(rng)
         frame = render(scene, rng)
         if camera_effects:
-            frame = CameraEffects().apply(frame, effects_rng)
+            frame = effects.apply(frame, effects_rng)
         for k, qa in enumerate(questions(scene, rng)):
             yield f"{seed}-{i}-{k}", frame, qa
 

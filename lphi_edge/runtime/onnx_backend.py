@@ -188,7 +188,6 @@ class SharedKVCache:
             held = [quantize(a, scale) for a, scale in zip(arrays, self.scales)]
         if length > self._limit:
             raise ContextLengthError(f"{length} positions exceed the context length {self._limit}")
-        self._seq_len = 0
         self._allocate(max(length, 1), held)
         self._seq_len = length
 
