@@ -651,8 +651,9 @@ def test_frame_reuse_is_on_by_default_and_its_parameters_apply_between_answers(n
         h.show(frame)
         h.ask(q)
         assert int(h.answer_diag()["prompt_tokens"]) == int(d["prompt_tokens"]) - (64 - 16)  # 16 of 64 image tokens
+        since = len(h.diags)  # the refusal may arrive while set_parameters spins for its reply
         assert h.set_parameters(visual_tokens=100)[0].successful  # a valid parameter this model cannot serve
-        failure = h.wait_diag("still answering with")
+        failure = h.wait_diag("still answering with", since=since)
         assert "100" in failure["_message"]
         h.show(nudged[1])
         h.ask(q)
