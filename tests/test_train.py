@@ -289,6 +289,12 @@ def test_config_validation_names_the_field(tmp_path):
     assert cfg.lr == 1e-3 and cfg.betas == (0.9, 0.95) and cfg.micro_batch == 8 and cfg.bf16 is True
     with pytest.raises(ConfigError, match="unknown TrainConfig field"):
         TrainConfig.load(yml, ["learning_rate=1"], stage="pretrain", model="m", data="d", out="o")
+    # YAML 1.1 reads 6e-4 (no dot) as a string: in a file and in --set it is still the number
+    yml.write_text("lr: 6e-4\n")
+    cfg = TrainConfig.load(yml, ["eps=1e-8"], stage="pretrain", model="m", data="d", out="o")
+    assert cfg.lr == 6e-4 and cfg.eps == 1e-8
+    with pytest.raises(ConfigError, match=r"TrainConfig.lr must be a number, got 'fast'"):
+        TrainConfig.load(yml, ["lr=fast"], stage="pretrain", model="m", data="d", out="o")
 
 
 def test_paper_defaults_in_the_recipes():

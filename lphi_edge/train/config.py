@@ -158,7 +158,17 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig is missing required field(s) {missing}")
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
+        for f in dataclasses.fields(cls):  # YAML 1.1 reads 6e-4 (no dot) as a string; it means the number
+            if f.type == "float" and isinstance(data.get(f.name), str):
+                data[f.name] = _float_or_str(data[f.name])
         try:
             return cls(**data)
         except TypeError as e:
             raise ConfigError(f"invalid TrainConfig: {e}") from None
+
+
+def _float_or_str(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # validation names the field and the value
