@@ -354,6 +354,41 @@ def test_binding_questions_defeat_the_colour_only_and_shape_only_shortcuts(tmp_p
     assert all(r["id"].startswith("bind-") and len(r["conversations"]) == 2 for r in bind[len(fin) :])
 
 
+def test_colour_drill_asks_every_unique_shape_of_multi_shape_frames(tmp_path):
+    from lphi_edge.data.shapes import Shape, answer_question
+
+    both = write_shapes_dataset(tmp_path / "both", n=40, seed=5, size=96, multi_turn=0.5, binding=True)
+    drill = write_shapes_dataset(tmp_path / "d", n=40, seed=5, size=96, multi_turn=0.5, binding=True, colour_drill=True)
+    for name in ("pretrain.json", "finetune.json", "finetune_binding.json", "scenes.jsonl", "images/000039.png"):
+        assert (both / name).read_bytes() == (drill / name).read_bytes(), name  # a stream of its own
+    scenes = [json.loads(line) for line in (drill / "scenes.jsonl").read_text().splitlines()]
+    records = json.loads((drill / "finetune_colour.json").read_text())
+    colour = [r for r in records if r["id"].startswith("colour-")]
+    binding = json.loads((drill / "finetune_binding.json").read_text())
+    assert records[len(colour) :] and all(r in binding for r in records[len(colour) :])
+    assert len(records) == 3 * len(colour)  # twice as many replayed
+    expected = 0
+    for i, scene in enumerate(scenes):
+        shapes = [Shape(**s) for s in scene["shapes"]]
+        kinds = [s.kind for s in shapes]
+        unique = {s.kind for s in shapes if kinds.count(s.kind) == 1}
+        mine = [r for r in colour if r["id"] == f"colour-{i}"]
+        if len(shapes) < 2 or not unique:
+            assert not mine
+            continue
+        expected += 1
+        (record,) = mine
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in turns) == 1
+        asked = {turns[k]["value"].removeprefix("<image>\n") for k in range(0, len(turns), 2)}
+        assert asked == {f"What color is the {k}?" for k in unique}
+        for k in range(0, len(turns), 2):
+            assert answer_question(shapes, turns[k]["value"].removeprefix("<image>\n")) == turns[k + 1]["value"]
+    assert expected == len(colour) > 5
+    with pytest.raises(ValueError, match="needs binding"):
+        write_shapes_dataset(tmp_path / "x", n=2, seed=5, size=96, colour_drill=True)
+
+
 def test_qlora_is_refused_clearly_where_it_cannot_run(tiny_ckpt, shapes, tmp_path):
     with pytest.raises(ConfigError, match="qlora trains LoRA adapters over a 4-bit LM: it needs lora=true"):
         TrainConfig(stage="finetune", model="m", data="d", out="o", qlora=True)

@@ -63,6 +63,12 @@ def make_shapes(argv: list[str] | None = None) -> int:
         help="also write finetune_binding.json: the conversations + questions only the colour-shape binding answers",
     )
     p.add_argument(
+        "--colour-drill",
+        action="store_true",
+        help="also write finetune_colour.json (needs --binding): every multi-shape frame's colour questions in one "
+        "conversation + a replay of finetune_binding.json, for a colour curriculum stage after stage 2",
+    )
+    p.add_argument(
         "--camera-effects",
         type=float,
         nargs="?",
@@ -87,8 +93,17 @@ def make_shapes(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--multi-turn must be a probability in [0, 1], got {args.multi_turn}")
         if not 0.0 <= args.camera_effects <= 1.0:
             raise ConfigError(f"--camera-effects must be a share in [0, 1], got {args.camera_effects}")
+        if args.colour_drill and not args.binding:
+            raise ConfigError("--colour-drill replays finetune_binding.json records: add --binding")
         out = write_shapes_dataset(
-            Path(args.out), args.n, args.seed, args.size, args.multi_turn, args.binding, args.camera_effects
+            Path(args.out),
+            args.n,
+            args.seed,
+            args.size,
+            args.multi_turn,
+            args.binding,
+            args.camera_effects,
+            args.colour_drill,
         )
         print(f"wrote {out}")
         return 0

@@ -115,14 +115,19 @@ def questions(shapes: list[Shape], rng: np.random.Generator) -> list[QA]:
     return out
 
 
+def colour_questions(shapes: list[Shape]) -> list[QA]:
+    """ "What color is the …?" for every shape whose kind is unique in the frame, in scene order."""
+    kinds = [s.kind for s in shapes]
+    return [QA("color", f"What color is the {s.kind}?", s.color) for s in shapes if kinds.count(s.kind) == 1]
+
+
 def binding_questions(shapes: list[Shape], rng: np.random.Generator) -> list[QA]:
     """Questions only the (colour, shape) binding answers, for training: the colour of every shape whose kind is
     unique, and four "Is there a …?" — two present pairs, a present colour on a shape it is not on, a present
     shape in a colour it does not have (when the frame has them). Answering from the colours alone, or the shapes
     alone, gets a quarter of them wrong — the shortcut `questions`' mix leaves open (there, "yes" whenever the
     colour is present is wrong on ~16 % of the yes/no questions, and the demo model learned exactly that)."""
-    kinds = [s.kind for s in shapes]
-    out = [QA("color", f"What color is the {s.kind}?", s.color) for s in shapes if kinds.count(s.kind) == 1]
+    out = colour_questions(shapes)
     present = sorted({(s.color, s.kind) for s in shapes})
     wrong_shape = [(s.color, k) for s in shapes for k in SHAPES if (s.color, k) not in present]
     wrong_color = [(c, s.kind) for s in shapes for c in COLORS if (c, s.kind) not in present]

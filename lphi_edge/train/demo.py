@@ -129,11 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vision-from", help="take the pretrained vision tower of this checkpoint (same tower spec)")
     p.add_argument("--image-size", type=int, default=DEMO_SPEC.image_size, help="input px (a multiple of 14)")
     p.add_argument("--text-layers", type=int, default=DEMO_SPEC.text_layers, help="Phi decoder layers")
+    p.add_argument("--text-hidden", type=int, default=DEMO_SPEC.text_hidden, help="Phi width")
+    p.add_argument("--text-heads", type=int, default=DEMO_SPEC.text_heads, help="Phi attention heads")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = Path(args.vision_data) if args.vision_data else None
     donor = Path(args.vision_from) if args.vision_from else None
-    spec = dataclasses.replace(DEMO_SPEC, image_size=args.image_size, text_layers=args.text_layers)
+    spec = dataclasses.replace(
+        DEMO_SPEC,
+        image_size=args.image_size,
+        text_layers=args.text_layers,
+        text_hidden=args.text_hidden,
+        text_heads=args.text_heads,
+    )
     out = write_demo_init(Path(args.out), args.seed, data, args.vision_steps, args.vision_per_patch, donor, spec)
     logger.info("wrote %s", out)
     return 0
