@@ -202,5 +202,5 @@ def test_stream_eval_agreement_with_and_without_reuse(tmp_path):
     assert result["benchmark"] == "shapes-stream" and row["common_with_first"] == len(on)
     assert row["frame_reused_fraction"] == pytest.approx(1 - 3 / len(on)) and row["answer_reused_fraction"] == 0.5
     # the reused answers are the anchor capture's; recomputed ones see each capture's own noise, which flips a few
-    # of the demo model's weakest answers (colour: 80 % accuracy); 400 scenes: benchmarks/README.md
+    # of the demo model's least certain answers; 400 scenes: benchmarks/README.md
     assert row["agreement_with_first"] >= 0.75 and row["headline"] is not None
