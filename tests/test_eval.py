@@ -274,6 +274,44 @@ def test_runner_resumes_after_a_kill_without_duplicates(tmp_path):
     assert rec["prompt"].endswith("?")  # the question file's text; the suffix went to the model only
 
 
+def test_runner_resumes_only_the_same_run(tmp_path):
+    """An answers file is resumed only by the run that wrote it: another model under the same name, other frames,
+    another token budget or an older file are refused by name, never mixed in."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lphi_edge.format.shipped import resolve_model_dir
+
+    out = str(tmp_path / "a.jsonl")
+    first = run(RunConfig("shapes", "shapes-demo", out, n=2))
+    assert first["answered_now"] == first["questions"] > 0
+    rec = json.loads(Path(out).read_text().splitlines()[0])
+    assert rec["metadata"]["run"]["backend"] == "torch" and rec["metadata"]["run"]["camera_effects"] is False
+    again = run(RunConfig("shapes", "shapes-demo", out, n=3))  # more frames of the same run: resumed
+    assert again["already_answered"] == first["questions"] and again["answered_now"] > 0
+    with pytest.raises(EvalInputError, match=r"another run \(camera_effects: False there, True now\)"):
+        run(RunConfig("shapes", "shapes-demo", out, n=2, camera_effects=True))
+    with pytest.raises(EvalInputError, match=r"visual_tokens: None there, 32 now"):
+        run(RunConfig("shapes", "shapes-demo", out, n=2, visual_tokens=32))
+    retrained = tmp_path / "shapes-demo"  # the same name, one weight changed
+    shutil.copytree(resolve_model_dir("shapes-demo"), retrained)
+    weights = load_file(retrained / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, retrained / "model.safetensors")
+    with pytest.raises(EvalInputError, match=r"model_digest: '[0-9a-f]{16}' there, '[0-9a-f]{16}' now"):
+        run(RunConfig("shapes", str(retrained), out, n=2))
+    lines = Path(out).read_text().splitlines()
+    assert len(lines) == again["questions"]  # nothing was appended by the refused runs
+    old = [json.loads(line) for line in lines]
+    for r in old:
+        del r["metadata"]["run"]
+    Path(out).write_text("".join(json.dumps(r) + "\n" for r in old))
+    with pytest.raises(EvalInputError, match=r"do not record the run that wrote them"):
+        run(RunConfig("shapes", "shapes-demo", out, n=2))
+
+
 def test_runner_bad_inputs_are_named_or_counted(tmp_path):
     questions, images = _frames(tmp_path, 2)
     lines = questions.read_text().splitlines()

@@ -6,11 +6,14 @@ static camera watching shapes scenes in turn (each scene's questions asked twice
 JPEG-compressed capture; eval/frame_reuse.py) for frame reuse. Adds the official prompt
 suffix where the question text lacks it. Each answer line is flushed as it is written; a rerun skips the
 question ids already answered (a line cut short by a kill is dropped first), so an interrupted run
-resumes without duplicates.
+resumes without duplicates. A rerun resumes only the same run: every answer records what decided it (the model's
+digest, engine, precision, device, visual tokens, frame reuse, generation length, the generated frames' settings), and
+an answers file from another run is refused by name rather than mixed into this one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +29,8 @@ from lphi_edge.data.camera import Camera
 from lphi_edge.errors import ConfigError, EvalInputError
 from lphi_edge.eval.frame_reuse import stream_items
 from lphi_edge.eval.io import read_json, read_jsonl
+from lphi_edge.format.manifest import sha256_file
+from lphi_edge.format.shipped import resolve_model_dir
 from lphi_edge.runtime.frame_reuse import FrameReuse
 from lphi_edge.runtime.visual_tokens import VisualTokens
 
@@ -159,12 +164,39 @@ def _decode_b64(data: str):
     return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
 
 
-def _answered(out: Path) -> set[Any]:
-    """Question ids already in OUT; a last line cut short by a kill is removed."""
+def model_digest(path: Path) -> str:
+    """sha256 over what decides a model's answers: an export's manifest (it pins every file's sha256), or a
+    checkpoint's config and weight files. Two models that share a name (a retrained `shapes-demo`) differ here."""
+    manifest = path / "manifest.json"
+    files = [manifest] if manifest.is_file() else [path / "config.json", *sorted(path.glob("*.safetensors"))]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{sha256_file(f)};".encode())
+    return h.hexdigest()[:16]
+
+
+def _check_same_run(out: Path, first: dict[str, Any] | None, mine: dict[str, Any]) -> None:
+    """Refuse to resume over answers another run wrote (named: the setting, theirs, ours)."""
+    if first is None:
+        return
+    theirs = first.get("metadata", {}).get("run")
+    if not isinstance(theirs, dict):
+        raise EvalInputError(
+            f"{out}: its answers do not record the run that wrote them (an older lphi-eval), so they cannot be "
+            "checked to be this run's: write to a new --out"
+        )
+    differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if differ:
+        said = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        raise EvalInputError(f"{out} holds answers of another run ({said}): write to a new --out or delete it")
+
+
+def _answered(out: Path) -> tuple[set[Any], dict[str, Any] | None]:
+    """Question ids already in OUT and its first record; a last line cut short by a kill is removed."""
     if not out.is_file():
-        return set()
+        return set(), None
     lines = out.read_text().splitlines(keepends=True)
-    good, done = [], set()
+    good, done, first = [], set(), None
     for i, line in enumerate(lines):
         try:
             rec = json.loads(line)
@@ -179,9 +211,10 @@ def _answered(out: Path) -> set[Any]:
             ) from None
         good.append(line)
         done.add(rec["question_id"])
+        first = first or rec
     if len(good) != len(lines):
         out.write_text("".join(good))
-    return done
+    return done, first
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -190,7 +223,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = _answered(out)
+    done, first = _answered(out)
     questions = list(load_questions(cfg))
     if cfg.limit:
         questions = questions[: cfg.limit]
@@ -206,6 +239,18 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     be = assistant.backend
     model_id = Path(cfg.model).name if os.sep in cfg.model else cfg.model
     max_new = cfg.max_new_tokens or MAX_NEW_TOKENS.get(cfg.benchmark, 128)
+    setup = {
+        "model_digest": model_digest(resolve_model_dir(cfg.model, cfg.backend)),
+        "backend": be.name,
+        "precision": be.precision,
+        "device": be.device,
+        "visual_tokens": cfg.visual_tokens,
+        "frame_reuse": cfg.frame_reuse,
+        "max_new_tokens": max_new,
+    }
+    if cfg.benchmark in GENERATED:  # the question ids name the seed and frame, not how the frames were rendered
+        setup |= {"camera_effects": cfg.camera_effects, "noise": cfg.noise, "jpeg_quality": cfg.jpeg_quality}
+    _check_same_run(out, first, setup)
     skipped = []
     with open(out, "a") as f:
         for q in tqdm(todo, desc=f"lphi-eval {cfg.benchmark}", unit="q"):
@@ -234,6 +279,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                     "frame_reused": t.frame_reused,
                     "frame_difference": t.frame_difference,
                     "answer_reused": t.answer_reused,
+                    "run": setup,
                     **q.metadata,
                 },
             }
