@@ -131,6 +131,7 @@ class Assistant:
         dtype: str | None = None,
         cuda_graphs: bool | None = None,
         threads: int | None = None,
+        torch_compile: bool = False,
         **kwargs: Any,
     ) -> Assistant:
         """Load a checkpoint directory (torch backend) or an export directory (its manifest's backend).
@@ -141,7 +142,9 @@ class Assistant:
         torch.set_num_threads(N), which is process-wide (every torch model in this process then uses N); for
         onnxruntime the intra-op pool of this backend's sessions; TensorRT has no CPU pool to set. `dtype`
         (torch backend only): fp32 (default, as the original), fp16, bf16. `cuda_graphs` (torch backend
-        only): replay decode steps from a captured CUDA graph (default: on CUDA). Other keywords go to the
+        only): replay decode steps from a captured CUDA graph (default: on CUDA). `torch_compile` (torch backend
+        only): run the vision encoder and the prefill as compiled graphs, compiled while loading (runtime/
+        torch_backend.py). Other keywords go to the
         Assistant — image_cache_size, frame_reuse (False: exact frames only; True: the default tolerance; or a
         tolerance in 8-bit levels), visual_tokens (None: all; K in 1..N) — and for exports `verify_checksums` /
         `provider` to the backend.
@@ -154,8 +157,9 @@ class Assistant:
         path = resolve_model_dir(model, backend)
 
         if is_export_dir(path):
-            if cuda_graphs is not None:
-                raise ConfigError("cuda_graphs applies to the torch backend (a checkpoint), not to exports")
+            for name, value in (("cuda_graphs", cuda_graphs), ("torch_compile", torch_compile or None)):
+                if value is not None:
+                    raise ConfigError(f"{name} applies to the torch backend (a checkpoint), not to exports")
             return cls._from_export(path, backend, device, dtype, threads=threads, **kwargs)
         if backend not in (None, "torch"):
             raise ConfigError(
@@ -171,7 +175,12 @@ class Assistant:
 
         tokenizer = Tokenizer.from_dir(path)  # before the weights: a broken tokenizer fails fast
         be = TorchBackend.from_checkpoint(
-            path, device=device or "cpu", dtype=dtype or "fp32", cuda_graphs=cuda_graphs, threads=threads
+            path,
+            device=device or "cpu",
+            dtype=dtype or "fp32",
+            cuda_graphs=cuda_graphs,
+            threads=threads,
+            torch_compile=torch_compile,
         )
         return cls.from_torch_backend(be, path, tokenizer, **kwargs)
 
@@ -209,7 +218,15 @@ class Assistant:
         config = be.model.config
         eos = config.text.eos_token_id
         eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
-        return cls(be, tokenizer, processor_config(path, config), get_template(config.template), eos_ids, **kwargs)
+        parts = (be, tokenizer, processor_config(path, config), get_template(config.template), eos_ids)
+        if be.torch_compile:
+            # the compiled prefill specialises on the caches real answers hand it (a stored prefix, a grown chat):
+            # one throwaway chat on a blank frame compiles those variants now, and leaves nothing in the caches
+            warm = cls(*parts)
+            chat = warm.chat(np.full((8, 8, 3), 128, np.uint8))
+            for prompt in ("Describe the image briefly.", "And again?"):
+                chat.ask(prompt, max_new_tokens=2)
+        return cls(*parts, **kwargs)
 
     @classmethod
     def _from_export(

@@ -3,7 +3,8 @@
 # phi2-2l model (full CLIP ViT-L/14-336 + projector + Phi-2 widths, 2 decoder layers; 32-layer figures
 # extrapolated and labelled): the torch backend in bf16 (the fastest vision encoder and prefill here), the int4
 # export with the KV cache written in place (the fastest decode), and the two as one Assistant
-# (--phased: frame and prefill on torch bf16, tokens on int4, the cache handed over once per answer), beside
+# (--phased: frame and prefill on torch bf16, tokens on int4, the cache handed over once per answer) — with torch
+# eager and with its vision encoder and prefill compiled (--torch-compile both: inductor, freezing) — beside
 # transformers' generate() in fp32 and bf16, in one process, interleaved. Floors (matmul rates in fp32 and bf16,
 # memory copy/read rates) measured in the same run. Builds what it needs under $WORK (default .cache/bench18):
 # from an empty cache, the checkpoint and the export take most of the time.
@@ -14,8 +15,8 @@ OUT=${OUT:-benchmarks/results}
 WORK=${WORK:-.cache/bench18}
 mkdir -p "$OUT"
 .venv/bin/lphi-bench --synthetic-config phi2-2l --synthetic-exports int4-b256-shared \
-    --torch-dtypes bf16 --baseline hf --work "$WORK" --threads "$(nproc)" \
-    --phased torch/bf16+onnxruntime/int4 \
+    --torch-dtypes bf16 --torch-compile both --baseline hf --work "$WORK" --threads "$(nproc)" \
+    --phased torch/bf16+onnxruntime/int4 --phased "torch/bf16 (compiled)+onnxruntime/int4" \
     --runs 5 --warmup 1 --new-tokens 32 \
     --json "$OUT/bench_cpu_phi2-2l_ttft.json" --markdown "$OUT/bench_cpu_phi2-2l_ttft.md" \
     --plot "$OUT/bench_cpu_phi2-2l_ttft.png"

@@ -4,6 +4,7 @@
 # export too (onnxruntime must select the same tokens: identical answers), and frame reuse on static camera
 # streams (400 scenes, each scene's questions asked twice over, each about a new capture with sensor noise
 # σ 3 + JPEG 90; then 100 scenes at σ 6 + JPEG 75): answers with reuse against answers recomputed per capture.
+# A rerun resumes its answers files; after the model changed they are refused by name: delete them first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=${OUT:-benchmarks/results}
@@ -25,9 +26,8 @@ for k in (48, 32, 16):
     out[f"K={k}, contextual 0"] = evaluate_shapes(a, n=400, seed=12345)
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY
-test -f .cache/shapes-demo-fp32/manifest.json || .venv/bin/lphi-export shapes-demo --out .cache/shapes-demo-fp32
-$E run --model .cache/shapes-demo-fp32 --benchmark shapes --n 400 --seed 12345 --visual-tokens 16 \
-    --out $R/shapes_eval_k16_onnx.jsonl
+$E run --model shapes-demo --backend onnxruntime --benchmark shapes --n 400 --seed 12345 --visual-tokens 16 \
+    --out $R/shapes_eval_k16_onnx.jsonl  # the shipped fp32 export of the same weights
 $E compare $R/shapes_eval_k16.jsonl $R/shapes_eval_k16_onnx.jsonl --json > $R/shapes_visual_tokens_torch_vs_onnx.json
 for REUSE in off on; do
     $E run --model shapes-demo --benchmark shapes-stream --n 400 --frame-reuse $REUSE \

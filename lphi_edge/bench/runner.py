@@ -84,6 +84,7 @@ class BenchConfig:
     work: str = ".cache/lphi-bench"
     torch_dtypes: tuple[str, ...] = ("fp32",)  # each checkpoint is measured in each
     cuda_graphs: str = "on"  # torch backend on CUDA: "on", "off" (eager decode) or "both", side by side
+    torch_compile: str = "off"  # torch backend: "on" (compiled vision + prefill), "off" (eager) or "both"
     visual_tokens: tuple[int, ...] = ()  # a row per K (per engine) beside the all-tokens row
     reused_frame: bool = False  # a row per engine: a new capture of the frame just asked about, frame reuse on
     phased: tuple[tuple[str, str], ...] = ()  # (prompt engine, token engine) pairs: labels or model directory names
@@ -101,8 +102,9 @@ class BenchConfig:
             raise ConfigError(f"--new-tokens must be ≥ 2 (decode per token needs two), got {self.new_tokens}")
         if self.runs < 1 or self.warmup < 0:
             raise ConfigError(f"--runs must be ≥ 1 and --warmup ≥ 0, got {self.runs} / {self.warmup}")
-        if self.cuda_graphs not in ("on", "off", "both"):
-            raise ConfigError(f"--cuda-graphs must be on, off or both, got {self.cuda_graphs!r}")
+        for flag, value in (("--cuda-graphs", self.cuda_graphs), ("--torch-compile", self.torch_compile)):
+            if value not in ("on", "off", "both"):
+                raise ConfigError(f"{flag} must be on, off or both, got {value!r}")
         if self.baseline not in (None, "hf"):
             raise ConfigError(f"--baseline must be hf, got {self.baseline!r}")
         bad = [p for p in self.synthetic_exports if p not in EXPORT_FLAGS]
@@ -154,17 +156,29 @@ def load_targets(model: str, cfg: BenchConfig) -> list[Target]:
 
     if is_export_dir(resolve_model_dir(model, cfg.backend)):
         return [load_target(model, cfg)]
-    graphs = {"on": [True], "off": [False], "both": [True, False]}[cfg.cuda_graphs] if cfg.cuda else [None]
-    return [load_target(model, cfg, dtype, g) for dtype in cfg.torch_dtypes for g in graphs]
+    choices = {"on": [True], "off": [False], "both": [True, False]}
+    graphs = choices[cfg.cuda_graphs] if cfg.cuda else [None]
+    compiled = choices[cfg.torch_compile]
+    return [
+        load_target(model, cfg, dtype, g, c) for dtype in cfg.torch_dtypes for g in graphs for c in reversed(compiled)
+    ]
 
 
-def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_graphs: bool | None = None) -> Target:
+def load_target(
+    model: str,
+    cfg: BenchConfig,
+    dtype: str | None = None,
+    cuda_graphs: bool | None = None,
+    torch_compile: bool = False,
+) -> Target:
     from lphi_edge.assistant import Assistant
     from lphi_edge.format.manifest import Manifest, is_export_dir
     from lphi_edge.format.shipped import resolve_model_dir
 
     path = resolve_model_dir(model, cfg.backend)
-    extra = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
+    extra: dict[str, Any] = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
+    if torch_compile:
+        extra["torch_compile"] = True
     if cfg.provider is not None and is_export_dir(path):
         extra["provider"] = cfg.provider
     assistant, load_s, load_rss = _load(
@@ -186,6 +200,8 @@ def load_target(model: str, cfg: BenchConfig, dtype: str | None = None, cuda_gra
     label = f"{be.name}/{be.precision}"
     if cuda_graphs is not None:
         label += " (CUDA graphs)" if cuda_graphs else " (eager decode)"
+    if torch_compile:
+        label += " (compiled)"
     return Target(
         label, assistant, be.name, be.precision, be.device, str(model), load_s, weights / 2**20, decode, arch, load_rss,
         kv_cache,

@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         help="torch backend on CUDA: decode from a captured CUDA graph, eagerly, or both side by side",
     )
     p.add_argument(
+        "--torch-compile",
+        choices=("on", "off", "both"),
+        default="off",
+        help="torch backend: vision encoder and prefill as compiled graphs (compiled while loading), eager, or both",
+    )
+    p.add_argument(
         "--visual-tokens",
         default="",
         metavar="K[,K...]",
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             work=args.work,
             torch_dtypes=tuple(x for x in args.torch_dtypes.split(",") if x),
             cuda_graphs=args.cuda_graphs,
+            torch_compile=args.torch_compile,
             visual_tokens=_ints(args.visual_tokens, "--visual-tokens"),
             reused_frame=args.reused_frame,
             phased=tuple(_pair(x) for x in args.phased),
