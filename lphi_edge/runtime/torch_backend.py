@@ -8,10 +8,11 @@ conversations) and feeds a prepared 4-D additive mask; prefill stays eager. `sta
 without graphs runs the same cache path anywhere (the CPU tests check it against the dynamic cache).
 
 `torch_compile=True` runs the vision encoder and the prefill as torch.compile (inductor) graphs with `freezing`: the
-weights become constants, the linears are prepacked for oneDNN and their epilogues fused — on the CPU in bf16 the
-two get ~25 % faster (benchmarks/README.md §10). Both graphs are compiled when the backend is built (tens of
-seconds; the prefill for any prompt length and any cached prefix), so no answer pays for a compile; token steps
-stay eager (one position: nothing to fuse that pays for itself, and CUDA graphs own that path on a GPU).
+weights become constants, the linears are prepacked for oneDNN and their epilogues fused (what that buys on the
+CPU in bf16, and what it costs in memory: benchmarks/README.md §10). Both graphs are compiled when the backend is
+built (tens of seconds; the prefill's length is symbolic, and Assistant compiles the cached-prefix variants with a
+throwaway chat), so no answer pays for a compile; token steps stay eager (one position: little to fuse, and CUDA
+graphs own that path on a GPU).
 
 `device="cuda:N"` puts the model on GPU N (the graph is captured there too); `threads=N` is
 torch.set_num_threads(N), which is process-wide: every torch model in the process runs with N threads.
