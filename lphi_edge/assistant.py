@@ -220,8 +220,8 @@ class Assistant:
         eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
         parts = (be, tokenizer, processor_config(path, config), get_template(config.template), eos_ids)
         if be.torch_compile:
-            # the compiled prefill specialises on the caches real answers hand it (a stored prefix, a grown chat):
-            # one throwaway chat on a blank frame compiles those variants now, and leaves nothing in the caches
+            # the compiled prefill specialises on the caches real answers hand it (empty, a stored prefix, a grown
+            # chat): one throwaway chat on a blank frame compiles those variants now, and leaves nothing in the caches
             warm = cls(*parts)
             chat = warm.chat(np.full((8, 8, 3), 128, np.uint8))
             for prompt in ("Describe the image briefly.", "And again?"):

@@ -9,10 +9,10 @@ without graphs runs the same cache path anywhere (the CPU tests check it against
 
 `torch_compile=True` runs the vision encoder and the prefill as torch.compile (inductor) graphs with `freezing`: the
 weights become constants, the linears are prepacked for oneDNN and their epilogues fused (what that buys on the
-CPU in bf16, and what it costs in memory: benchmarks/README.md §10). Both graphs are compiled when the backend is
-built (tens of seconds; the prefill's length is symbolic, and Assistant compiles the cached-prefix variants with a
-throwaway chat), so no answer pays for a compile; token steps stay eager (one position: little to fuse, and CUDA
-graphs own that path on a GPU).
+CPU in bf16, and what it costs in memory: benchmarks/README.md §10). The vision encoder compiles when the backend is
+built and the prefill at load through Assistant's throwaway chat (tens of seconds; its length is symbolic), so no
+answer pays for a compile; token steps stay eager (one position: little to fuse, and CUDA graphs own that path on
+a GPU).
 
 `device="cuda:N"` puts the model on GPU N (the graph is captured there too); `threads=N` is
 torch.set_num_threads(N), which is process-wide: every torch model in the process runs with N threads.
@@ -216,23 +216,16 @@ class TorchBackend:
             self._compile()
 
     def _compile(self) -> None:
-        """Compile both graphs now, on inputs of the real shapes: an image, a prompt on an empty cache and one on a
-        cached prefix (the prompt length is symbolic, so one compile serves every length)."""
+        """Compile the vision encoder now (its input shape is fixed). The prefill compiles at its first calls: the
+        variants it needs are those real answers hand it (an empty cache, a stored prefix, a grown chat), which
+        Assistant makes with a throwaway chat at load; warmed here on made-up caches, the graphs were not the ones
+        answers use and two more frozen weight copies stayed in memory."""
         self._encode = _frozen(self.model.encode_images, dynamic=False)
         self._forward = _frozen(self.model.forward, dynamic=True)
         size = self.model.config.vision.image_size
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            self._encode(torch.zeros(1, 3, size, size, dtype=self.model.dtype, device=self.model.device))
-            cache = self.new_cache()
-            for start in (0, 16):  # an empty cache, then a cached prefix
-                _contiguous(cache.cache)
-                embeds = torch.zeros(1, 16, self.spec.hidden_size, dtype=self.model.dtype, device=self.model.device)
-                positions = torch.arange(start, start + 16, device=self.model.device)[None]  # (1, 16)
-                mask = torch.ones(1, start + 16, dtype=torch.long, device=self.model.device)  # (1, P + 16)
-                self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache.cache,
-                              logits_to_keep=1)  # fmt: skip
-        logger.info("torch_compile: vision encoder and prefill compiled in %.1f s", time.perf_counter() - t0)
+        self.encode_images(np.zeros((1, 3, size, size), np.float32))
+        logger.info("torch_compile: vision encoder compiled in %.1f s", time.perf_counter() - t0)
 
     @classmethod
     def from_checkpoint(
