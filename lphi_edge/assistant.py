@@ -141,7 +141,8 @@ class Assistant:
         threads in 1..os.cpu_count() (default: each library's own) — for the torch backend
         torch.set_num_threads(N), which is process-wide (every torch model in this process then uses N); for
         onnxruntime the intra-op pool of this backend's sessions; TensorRT has no CPU pool to set. `dtype`
-        (torch backend only): fp32 (default, as the original), fp16, bf16. `cuda_graphs` (torch backend
+        (torch backend only): fp32 (default, as the original), fp16, bf16, or int8 (CPU: int8 matmuls, bf16
+        elsewhere; runtime/torch_backend.py). `cuda_graphs` (torch backend
         only): replay decode steps from a captured CUDA graph (default: on CUDA). `torch_compile` (torch backend
         only): run the vision encoder and the prefill as compiled graphs, compiled while loading (runtime/
         torch_backend.py). Other keywords go to the

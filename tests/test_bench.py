@@ -181,3 +181,26 @@ def test_an_engine_pair_is_one_row_beside_its_engines(tiny_ckpt, tiny_int8, tmp_
     assert bad.returncode == 2 and "--phased: 'torch/fp16' names no loaded engine: give one of" in bad.stderr
     bad = subprocess.run([*quick, "--phased", "torch/bf16"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--phased takes PROMPT+TOKENS" in bad.stderr
+
+
+def test_int8_engine_floor_uses_the_int8_rate(tiny_ckpt, tmp_path):
+    """A torch int8 engine's linears get the int8 matmul rate measured in the same run, its attention the float
+    rate; it is compared with fp32 transformers (transformers has no int8 engine on the CPU)."""
+    out = tmp_path / "bench.json"
+    cmd = [str(EXE / "lphi-bench"), "--model", str(tiny_ckpt), "--torch-dtypes", "int8,bf16", "--baseline", "hf"]
+    cmd += ["--runs", "1", "--warmup", "0", "--new-tokens", "3", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    m, rows = r["machine"], {x["key"]: x for x in r["results"]}
+    assert m["compute_gflops_int8"] > 0 and rows["torch/int8"]["precision"] == "int8"
+    floats = max(m["compute_gflops_fp32"], m["compute_gflops_bf16"])
+    assert rows["torch/int8"]["floor_linears_gflops"] == m["compute_gflops_int8"]
+    assert rows["torch/bf16"]["floor_linears_gflops"] == round(floats, 1)
+    linears, attention = Arch.from_config(LlavaPhiConfig.from_dir(tiny_ckpt)).vision_flops_parts()
+    want = (linears / m["compute_gflops_int8"] + attention / floats) / 1e6
+    assert rows["torch/int8"]["vision_floor_ms"] == pytest.approx(want, rel=0.01)
+    assert {k: v["baseline"] for k, v in r["speedup_vs_baseline"].items()} == {
+        "torch/int8": "transformers/fp32",
+        "torch/bf16": "transformers/bf16",
+    }

@@ -42,16 +42,24 @@ class Arch:
         """Weights read per decoded token: every layer + lm_head (one embedding row is negligible)."""
         return (self.text_layers if layers is None else layers) * self.layer_params() + self.vocab * self.text_hidden
 
-    def vision_flops(self) -> float:
+    def vision_flops_parts(self) -> tuple[float, float]:
+        """(FLOPs of the linears and the projector, FLOPs of attention's two products) of one frame."""
         d, f, t = self.vision_hidden, self.vision_ffn, self.vision_tokens
-        per_layer = 2 * t * (4 * d * d + 2 * d * f) + 4 * t * t * d
         projector = 2 * (t - 1) * (d * self.projector_hidden + self.projector_hidden**2)
-        return self.vision_layers_run * per_layer + projector
+        linears = self.vision_layers_run * 2 * t * (4 * d * d + 2 * d * f) + projector
+        return linears, self.vision_layers_run * 4 * t * t * d
+
+    def vision_flops(self) -> float:
+        return sum(self.vision_flops_parts())
+
+    def prefill_flops_parts(self, positions: int, layers: int | None = None) -> tuple[float, float, float]:
+        """(FLOPs of the decoder layers' linears, of causal attention — half of 4·T²·d —, of lm_head on the last
+        position) of a prefill over `positions`."""
+        d, t, n = self.text_hidden, positions, self.text_layers if layers is None else layers
+        return n * 2 * t * self.layer_params(), n * 2 * t * t * d, 2 * d * self.vocab
 
     def prefill_flops(self, positions: int, layers: int | None = None) -> float:
-        d, t = self.text_hidden, positions
-        per_layer = 2 * t * self.layer_params() + 2 * t * t * d  # causal attention: half of 4·T²·d
-        return (self.text_layers if layers is None else layers) * per_layer + 2 * d * self.vocab
+        return sum(self.prefill_flops_parts(positions, layers))
 
     def full_size_factors(self, positions: int) -> dict[str, float]:
         """Multipliers from this model's layer count to Phi-2's 32 (decode by weights, prefill by FLOPs)."""

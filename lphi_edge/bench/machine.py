@@ -98,13 +98,18 @@ def memory_read_gbs(mb: int = 512, repeats: int = 5, device: str = "cpu") -> flo
 
 
 def compute_gflops(size: int = 2048, repeats: int = 5, dtype: str = "fp32", device: str = "cpu") -> float:
-    """Best matmul rate (GFLOP/s) at the current thread count, in fp32 or (torch only) bf16 / fp16. On
-    "cuda": 4× `size` (a 2048³ product is too short to fill a data-centre GPU)."""
+    """Best matmul rate (GFLOP/s, a multiply-add counted as 2) at the current thread count, in fp32 or (torch
+    only) bf16 / fp16 / int8 (int8 × int8 → int32, `torch._int_mm`: the product the torch backend's int8 linears
+    run). On "cuda": 4× `size` (a 2048³ product is too short to fill a data-centre GPU)."""
     try:
         import torch
 
         if _cuda(device):
             size *= 4
+        if dtype == "int8":
+            a, b = (torch.randint(-127, 128, (size, size), dtype=torch.int8, device=device) for _ in range(2))
+            mm = lambda: torch._int_mm(a, b)  # noqa: E731
+            return 2 * size**3 / _best(mm, repeats, device) / 1e9
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
         a, b = torch.randn(size, size, dtype=dt, device=device), torch.randn(size, size, dtype=dt, device=device)
         mm = lambda: torch.mm(a, b)  # noqa: E731

@@ -33,6 +33,10 @@ def _samples(m: dict[str, Any]) -> str:
     return f" (the best of {n} measurements, before and after every engine's run)" if n > 1 else ""
 
 
+def _int8_rate(m: dict[str, Any]) -> str:
+    return f" / {m['compute_gflops_int8']} int8" if m.get("compute_gflops_int8") else ""
+
+
 def _read(m: dict) -> str:
     return f", read-only {m['memory_read_gbs']} GB/s" if "memory_read_gbs" in m else ""
 
@@ -83,7 +87,8 @@ def markdown(result: dict[str, Any]) -> str:
         "copy bandwidth "
         f"{m['memory_bandwidth_gbs']} GB/s (read + write){_read(m)}{_samples(m)}, "
         f"matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
-        f"{m['compute_gflops_bf16']} bf16 (vision and prefill floors use the faster).",
+        f"{m['compute_gflops_bf16']} bf16{_int8_rate(m)} (vision and prefill floors use the faster float rate"
+        f"{'; an int8 engine’s linears the int8 rate' if m.get('compute_gflops_int8') else ''}).",
         f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
         f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.{_threads(rows)}",
         "",

@@ -55,13 +55,14 @@ EXPORT_FLAGS = {
     "int8-vision": ["--quant", "int8", "--quant-vision"],  # the vision encoder's MatMuls in int8 too
 }
 HF_DTYPES = ("fp32", "fp16", "bf16")  # what transformers' generate() runs the checkpoint in
+TORCH_DTYPES = (*HF_DTYPES, "int8")  # what the torch backend runs it in (int8: int8 matmuls on the CPU)
 
 
 def baseline_precision(backend: str, precision: str, cuda: bool) -> str:
     """The precision transformers' generate() is measured in for an engine: a torch engine's own; an export's
     when transformers runs it natively there (fp32, and fp16 / bf16 on a GPU); otherwise what a transformers
     user would run on that device instead (fp16 on a GPU, fp32 on a CPU, e.g. for int8 / int4 exports)."""
-    if backend == "torch" or (precision in HF_DTYPES and (cuda or precision == "fp32")):
+    if precision in HF_DTYPES and (backend == "torch" or cuda or precision == "fp32"):
         return precision
     return "fp16" if cuda else "fp32"
 
@@ -94,8 +95,8 @@ class BenchConfig:
         for k in self.visual_tokens:
             VisualTokens.of(k)  # K ≥ 1 here; K ≤ N once each model is loaded
         check_threads(self.threads, "--threads")
-        if not self.torch_dtypes or any(d not in ("fp32", "fp16", "bf16") for d in self.torch_dtypes):
-            raise ConfigError(f"--torch-dtypes must name fp32 / fp16 / bf16, got {self.torch_dtypes}")
+        if not self.torch_dtypes or any(d not in TORCH_DTYPES for d in self.torch_dtypes):
+            raise ConfigError(f"--torch-dtypes must name {' / '.join(TORCH_DTYPES)}, got {self.torch_dtypes}")
         if not self.models and not self.synthetic_config:
             raise ConfigError("give at least one --model (or --synthetic-config)")
         if self.new_tokens < 2:
@@ -384,7 +385,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     # rate beside each of its runs, and the strict floor uses the best rate seen during the whole run.
     copy_samples, read_samples = [memory_bandwidth_gbs(device=dev)], [memory_read_gbs(device=dev)]
     fp32_gflops, bf16_gflops = compute_gflops(device=dev), compute_gflops(dtype="bf16", device=dev)
-    gflops = max(fp32_gflops, bf16_gflops)  # the compute floor uses the faster of the two
+    int8_gflops = compute_gflops(dtype="int8", device=dev) if any(_int8_linears(t) for t in targets) else None
+    # float compute: the faster of fp32 and bf16; an engine with int8 linears: those at the int8 rate (_result)
+    rates = {"float": max(fp32_gflops, bf16_gflops), "int8": int8_gflops}
     cuda = cfg.cuda
     rng = np.random.default_rng(0)  # the reused-frame rows' captures
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="lphi-bench", unit="round"):
@@ -409,12 +412,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     t.samples.setdefault(k, []).append(v)
     bandwidth, read_bw = max(copy_samples), max(read_samples)
     prompt_positions = _prompt_positions(targets[0], cfg.prompt)
-    results = [_result(t, bandwidth, read_bw, gflops, _prefilled(t, prompt_positions), cfg) for t in targets]
+    results = [_result(t, bandwidth, read_bw, rates, _prefilled(t, prompt_positions), cfg) for t in targets]
     keys = [r["key"] for r in results]
     for r in results:  # two models with one backend/precision: tell them apart by model
         if keys.count(r["key"]) > 1:
             r["key"] = f"{r['key']} ({Path(r['model']).name})"
-    bases = {p: _result(b, bandwidth, read_bw, gflops, prompt_positions, cfg) for p, b in baselines.items()}
+    bases = {p: _result(b, bandwidth, read_bw, rates, prompt_positions, cfg) for p, b in baselines.items()}
     speedup = {
         res["key"]: _speedup(res, bases[_baseline_precision(t, cuda)]) for t, res in zip(targets, results) if bases
     }
@@ -428,6 +431,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "memory_read_samples_gbs": [round(x, 2) for x in read_samples],  # before each round
             "compute_gflops_fp32": round(fp32_gflops, 1),
             "compute_gflops_bf16": round(bf16_gflops, 1),
+            "compute_gflops_int8": None if int8_gflops is None else round(int8_gflops, 1),  # when an engine uses it
         },
         "command": None,  # filled in by the CLI
         "setting": {
@@ -477,6 +481,14 @@ def _image(path: str | None) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def _int8_linears(t: Target) -> bool:
+    """Whether the engine computing a row's vision encoder and prefill runs its linears as int8 products (the
+    torch backend's int8; onnxruntime's int8 / int4 MatMulNBits kernels may too, but the floor keeps them at the
+    float rate: which kernel MLAS picks is not visible from here)."""
+    prompt = t.phases[0] if t.phases else t
+    return prompt.backend == "torch" and prompt.precision == "int8"
+
+
 def _prompt_positions(t: Target, prompt: str) -> int:
     a = t.runner
     text = a.template.prompt([(prompt, None)], image=True)
@@ -490,7 +502,7 @@ def _prefilled(t: Target, default: int) -> int:
 
 
 def _result(
-    t: Target, bandwidth: float, read_bw: float, gflops: float, positions: int, cfg: BenchConfig
+    t: Target, bandwidth: float, read_bw: float, rates: dict[str, float | None], positions: int, cfg: BenchConfig
 ) -> dict[str, Any]:
     stages = {s: _pct(t.samples[s]) for s in STAGES}
     decode_floor = t.decode_bytes / (bandwidth * 1e9) * 1e3
@@ -537,8 +549,13 @@ def _result(
         res["frame_difference"] = _pct(t.samples["frame_difference"])
         res["stored_answer_ttft_ms"] = _pct(t.samples["stored_answer_ttft"])
     if t.arch is not None:
-        vf, pf = t.arch.vision_flops() / (gflops * 1e9) * 1e3, t.arch.prefill_flops(positions) / (gflops * 1e9) * 1e3
+        linear_rate = rates["int8"] if _int8_linears(t) else rates["float"]
+        v_linears, v_attention = t.arch.vision_flops_parts()
+        p_linears, p_attention, p_head = t.arch.prefill_flops_parts(positions)
+        vf = (v_linears / linear_rate + v_attention / rates["float"]) / 1e6  # GFLOP/s → ms
+        pf = (p_linears / linear_rate + (p_attention + p_head) / rates["float"]) / 1e6
         res["vision_floor_ms"], res["prefill_floor_ms"] = _sig(vf), _sig(pf)
+        res["floor_linears_gflops"] = round(linear_rate, 1)  # the rate the floors give the linears
         res["floor_fraction"] |= {  # None: the stage did not run (a reused frame has no vision encoder)
             "vision": _sig(vf / stages["vision"]["p50"]) if stages["vision"]["p50"] else None,
             "prefill": _sig(pf / stages["prefill"]["p50"]) if stages["prefill"]["p50"] else None,

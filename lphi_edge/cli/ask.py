@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: torch for a checkpoint, the manifest's backend for an export",
     )
     p.add_argument("--device", default=None, help=f"{DEVICE_HELP}; default cpu (cuda for tensorrt)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="torch backend precision (fp32)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "fp16", "bf16", "int8"],
+        help="torch backend precision (fp32); int8: int8 matmuls on the CPU, bf16 elsewhere",
+    )
     p.add_argument(
         "--provider",
         default=None,

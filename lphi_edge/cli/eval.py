@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--limit", type=int, help="first N questions only")
     r.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"))
     r.add_argument("--device", default=None, help="cpu | cuda | cuda:N; default cpu (cuda for tensorrt)")
+    r.add_argument("--dtype", choices=("fp32", "fp16", "bf16", "int8"), help="torch backend precision (fp32)")
     r.add_argument("--max-new-tokens", type=int)
     r.add_argument("--on-bad", choices=("error", "skip"), default="error", help="missing images: stop, or skip+count")
     r.add_argument("--n", type=int, default=400, help="shapes: frames; shapes-stream: scenes")
@@ -136,7 +137,7 @@ def _dispatch(args) -> int:
         cfg = RunConfig(
             args.benchmark, args.model, args.out, args.questions, args.images, args.limit, args.backend,
             args.device, args.on_bad, args.max_new_tokens, args.n, args.seed, args.visual_tokens, args.frame_reuse,
-            args.noise, args.jpeg_quality or None, args.camera_effects,
+            args.noise, args.jpeg_quality or None, args.camera_effects, args.dtype,
         )  # fmt: skip
         summary = run_eval(cfg)
         print(json.dumps(summary))

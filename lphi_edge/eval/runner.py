@@ -66,6 +66,7 @@ class RunConfig:
     noise: float = 3.0  # shapes-stream: sensor noise σ, 8-bit levels
     jpeg_quality: int | None = 90  # shapes-stream: JPEG quality of each capture (None: uncompressed)
     camera_effects: bool = False  # shapes: the same frames as a camera delivers them (data.camera.CameraEffects)
+    dtype: str | None = None  # torch backend: fp32 (None), fp16, bf16, int8 (Assistant.from_pretrained)
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
@@ -233,6 +234,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         cfg.model,
         backend=cfg.backend,
         device=cfg.device,
+        dtype=cfg.dtype,
         frame_reuse=cfg.frame_reuse,
         visual_tokens=cfg.visual_tokens,
     )

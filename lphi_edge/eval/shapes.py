@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lphi_edge.eval.shapes", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--backend", default=None)
+    p.add_argument("--dtype", default=None, help="torch backend: fp32 (default), fp16, bf16 or int8")
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument(
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    assistant = Assistant.from_pretrained(args.model, backend=args.backend)
+    assistant = Assistant.from_pretrained(args.model, backend=args.backend, dtype=args.dtype)
     result = evaluate_shapes(assistant, args.n, args.seed, camera_effects=args.camera_effects)
     result["model"] = args.model
     text = json.dumps(result, indent=2)

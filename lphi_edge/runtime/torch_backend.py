@@ -1,4 +1,9 @@
-"""The PyTorch reference backend: the checkpoint itself, fp32 / fp16 / bf16, CPU or CUDA.
+"""The PyTorch reference backend: the checkpoint itself, fp32 / fp16 / bf16, CPU or CUDA; int8 on the CPU.
+
+`dtype="int8"` (CPU only) runs the linears as int8 matmuls (weights per channel, activations per token, rounded at
+run time; model/int8.py) and everything else in bf16: the CPU's int8 dot products (VNNI / AMX) do the vision
+encoder's and the prefill's matmuls at several times the bf16 rate, at an accuracy cost measured in
+benchmarks/README.md §10.
 
 On CUDA, decode steps replay a captured CUDA graph: eager decode of a 32-layer model is bound by
 kernel launches, not by reading the weights (measured in benchmarks/README.md), and a graph launches the
@@ -29,7 +34,8 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from lphi_edge.errors import ConfigError
-from lphi_edge.model.checkpoint import DTYPE_NAMES, load_checkpoint
+from lphi_edge.model.checkpoint import DTYPE_NAMES, DTYPES, load_checkpoint
+from lphi_edge.model.int8 import is_int8, quantize_linears
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 from lphi_edge.runtime.backend import ModelSpec, check_cache_arrays
 from lphi_edge.runtime.device import check_threads, parse_device
@@ -191,7 +197,7 @@ class TorchBackend:
         self._graph: _DecodeGraph | None = None
         self._epoch = 0
         self.device = str(parse_device(str(model.device)))  # "cpu", "cuda" (GPU 0) or "cuda:N"
-        self.precision = DTYPE_NAMES[model.dtype]
+        self.precision = "int8" if is_int8(model) else DTYPE_NAMES[model.dtype]
         if on_cuda and self.precision == "fp32":
             # fp32 means fp32: cuDNN would run the patch-embedding convolution in TF32 by default (matmuls
             # already default to full fp32), which moves logits by ~1e-3 and can flip a reference's near-tie.
@@ -237,11 +243,21 @@ class TorchBackend:
         threads: int | None = None,
         torch_compile: bool = False,
     ) -> TorchBackend:
-        """The checkpoint at `path` on `device` in `dtype`; `threads`: torch.set_num_threads (process-wide)."""
+        """The checkpoint at `path` on `device` in `dtype` (fp32 / fp16 / bf16, or int8: int8 linears, bf16
+        elsewhere, CPU only); `threads`: torch.set_num_threads (process-wide)."""
+        if dtype not in (*DTYPES, "int8"):
+            raise ConfigError(f"dtype {dtype!r} is not supported: expected one of {[*DTYPES, 'int8']}")
+        if dtype == "int8" and parse_device(device).is_cuda:
+            raise ConfigError(
+                f"dtype 'int8' (int8 matmuls on the CPU's VNNI / AMX units) runs on the CPU, not on {device!r}: "
+                "on a GPU use fp16 / bf16, or an int4 export"
+            )
         torch_device = resolve_device(device)
         if check_threads(threads) is not None:
             torch.set_num_threads(threads)  # before loading: the weights' conversion uses the pool too
-        model = load_checkpoint(path, dtype=dtype, device=torch_device)
+        model = load_checkpoint(path, dtype="bf16" if dtype == "int8" else dtype, device=torch_device)
+        if dtype == "int8":
+            logger.info("int8 matmuls: %d linears quantized", quantize_linears(model))
         return cls(model, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
 
     def thread_settings(self) -> dict[str, int]:
