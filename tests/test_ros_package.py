@@ -123,7 +123,17 @@ def test_frame_reuse_and_visual_tokens_parameters_map_to_the_assistant_options()
 
 def test_provider_needs_the_onnxruntime_backend():
     with pytest.raises(Exception, match="provider='cuda' applies to backend onnxruntime, not 'torch'"):
-        params.load_assistant(("shapes-demo", "torch", "cpu", 0, "cuda", -1.0, 0))
+        params.load_assistant(("shapes-demo", "torch", "cpu", 0, "cuda", "", False, -1.0, 0))
+
+
+def test_dtype_and_torch_compile_parameters():
+    assert "must be '' (fp32) or one of" in params.check_parameter("dtype", "int4")
+    assert params.check_parameter("dtype", "int8") is None
+    assert "must be true or false" in params.check_parameter("torch_compile", 1)
+    with pytest.raises(Exception, match=r"dtype='int8' applies to backend torch, not 'onnxruntime' \(exports"):
+        params.load_assistant(("shapes-demo", "onnxruntime", "cpu", 0, "", "int8", False, -1.0, 0))
+    a = params.load_assistant(("shapes-demo", "torch", "cpu", 0, "", "int8", False, -1.0, 0))
+    assert (a.backend.name, a.backend.precision) == ("torch", "int8")
 
 
 class _Recorder:

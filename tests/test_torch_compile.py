@@ -55,3 +55,27 @@ def test_torch_compile_is_refused_where_it_does_not_apply():
     model = load_checkpoint(resolve_model_dir("shapes-demo"))
     with pytest.raises(ConfigError, match="does not combine with static_cache"):
         TorchBackend(model, static_cache=True, torch_compile=True)
+
+
+def test_compiled_vision_graph_also_selects_visual_tokens(pair):
+    """visual_tokens=K runs the same compiled vision graph (it also gives the [CLS] attention): the tokens eager
+    selects, eager's answers, and no compile while answering."""
+    import torch._dynamo.utils as dynamo_utils
+
+    eager, compiled = pair
+    frame = next(shapes_items(1, seed=9))[1]
+    pixels = eager.processor(frame)[0][None]  # (1, 3, H, W)
+    (_, att_e), (_, att_c) = (a.backend.encode_images(pixels, with_attention=True) for a in pair)  # (1, N) each
+    assert att_c.shape == att_e.shape and np.abs(att_c - att_e).max() < 1e-4
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    try:
+        for a in pair:
+            a.configure(visual_tokens=16)
+        for q in ("How many shapes are there?", "What shape is the biggest object?"):
+            got = [a.ask(frame, q) for a in pair]
+            assert got[1].token_ids == got[0].token_ids, q
+            assert got[1].timings.prompt_tokens == got[0].timings.prompt_tokens
+    finally:
+        for a in pair:
+            a.configure(visual_tokens=None)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == before

@@ -88,7 +88,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['memory_bandwidth_gbs']} GB/s (read + write){_read(m)}{_samples(m)}, "
         f"matmul {m['compute_gflops_fp32']} GFLOP/s fp32 / "
         f"{m['compute_gflops_bf16']} bf16{_int8_rate(m)} (vision and prefill floors use the faster float rate"
-        f"{'; an int8 engine’s linears the int8 rate' if m.get('compute_gflops_int8') else ''}).",
+        f"{'; the linears of int8 engines the int8 rate' if m.get('compute_gflops_int8') else ''}).",
         f"Setting: {st['prompt_positions']} prompt positions, {st['new_tokens']} new tokens, "
         f"p50 of {st['runs']} interleaved runs after {st['warmup']} warm-up.{_threads(rows)}",
         "",

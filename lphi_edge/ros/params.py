@@ -26,6 +26,8 @@ MAX_NEW_TOKENS = 4096
 MAX_CAMERAS = 64
 CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")  # relative ROS name: wrist, arm/wrist
 
+TORCH_DTYPES = ("fp32", "fp16", "bf16", "int8")
+
 # name → (default, description). A list default declares a string array.
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "autostart": (True, "configure and activate at start-up (read once); false: wait for a lifecycle manager"),
@@ -34,6 +36,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "device": ("cpu", DEVICE_HELP),
     "provider": ("", f"onnxruntime execution provider, one of {sorted(PROVIDERS)}; '' = the device's own"),
     "threads": (0, "CPU threads (1..CPU count): torch's (process-wide) and onnxruntime's intra-op; 0 = their defaults"),
+    "dtype": ("", f"backend torch: one of {TORCH_DTYPES} (int8: int8 matmuls on the CPU); '' = fp32"),
+    "torch_compile": (False, "backend torch: vision encoder and prefill as compiled graphs (tens of seconds to load)"),
     "max_new_tokens": (32, f"tokens per answer at most (1..{MAX_NEW_TOKENS}); a goal may ask for its own"),
     "temperature": (0.0, "0 = greedy; > 0 samples; a goal may ask for its own"),
     "queue_size": (
@@ -67,7 +71,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     ),
 }
 
-RELOAD_PARAMETERS = ("model", "backend", "device", "threads", "provider")  # a change reloads the model
+RELOAD_PARAMETERS = ("model", "backend", "device", "threads", "provider", "dtype", "torch_compile")  # reload on change
 MODEL_PARAMETERS = (*RELOAD_PARAMETERS, "frame_reuse_tolerance", "visual_tokens")  # the last two: applied in place
 
 
@@ -119,6 +123,8 @@ def check_parameter(name: str, value: Any) -> str | None:
             (type(value) is int and value == 0) or _passes(check_threads, value),
             f"must be 0 (the libraries' defaults) or an integer in 1..{cpu_count()} (this machine's CPU count)",
         ),
+        "dtype": (value == "" or value in TORCH_DTYPES, f"must be '' (fp32) or one of {TORCH_DTYPES}"),
+        "torch_compile": (isinstance(value, bool), "must be true or false"),
         "max_new_tokens": (_int_in(value, 1, MAX_NEW_TOKENS), f"must be an integer in 1..{MAX_NEW_TOKENS}"),
         "temperature": (isinstance(value, float) and value >= 0, "must be a float ≥ 0"),
         "queue_size": (_int_in(value, 1, 1000), "must be an integer in 1..1000"),
@@ -152,13 +158,18 @@ def assistant_options(frame_reuse_tolerance: float, visual_tokens: int) -> dict[
 
 def load_assistant(key: tuple) -> Assistant:
     """The Assistant for a model key (the MODEL_PARAMETERS' values); threads 0 = the libraries' defaults,
-    provider '' = the device's own."""
-    model, backend, device, threads, provider, tolerance, visual_tokens = key
+    provider '' = the device's own, dtype '' = fp32."""
+    model, backend, device, threads, provider, dtype, torch_compile, tolerance, visual_tokens = key
     options = assistant_options(tolerance, visual_tokens)
     if provider:
         if backend != "onnxruntime":
             raise ConfigError(f"provider={provider!r} applies to backend onnxruntime, not {backend!r}: set provider ''")
         options["provider"] = provider
+    for name, value in (("dtype", dtype), ("torch_compile", torch_compile)):
+        if value and backend != "torch":
+            raise ConfigError(f"{name}={value!r} applies to backend torch, not {backend!r} (exports fix theirs)")
+    if backend == "torch":
+        options |= {"dtype": dtype or None, "torch_compile": torch_compile}
     return Assistant.from_pretrained(model, backend=backend, device=device, threads=threads or None, **options)
 
 

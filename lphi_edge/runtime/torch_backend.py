@@ -12,7 +12,8 @@ cache in transformers' StaticCache (preallocated to the context length, one per 
 conversations) and feeds a prepared 4-D additive mask; prefill stays eager. `static_cache=True`
 without graphs runs the same cache path anywhere (the CPU tests check it against the dynamic cache).
 
-`torch_compile=True` runs the vision encoder and the prefill as torch.compile (inductor) graphs with `freezing`: the
+`torch_compile=True` runs the vision encoder (one graph that also gives the [CLS] attention visual-token reduction
+selects by) and the prefill as torch.compile (inductor) graphs with `freezing`: the
 weights become constants, the linears are prepacked for oneDNN and their epilogues fused (what that buys on the
 CPU in bf16, and what it costs in memory: benchmarks/README.md §10). The vision encoder compiles when the backend is
 built and the prefill at load through Assistant's throwaway chat (tens of seconds; its length is symbolic), so no
@@ -213,6 +214,7 @@ class TorchBackend:
         )
         self.torch_compile = bool(torch_compile)
         self._encode, self._forward = model.encode_images, model.forward
+        self._encode_attention = model.encode_images_with_attention
         if self.torch_compile:
             if self.static_cache:
                 raise ConfigError(
@@ -226,7 +228,13 @@ class TorchBackend:
         variants it needs are those real answers hand it (an empty cache, a stored prefix, a grown chat), which
         Assistant makes with a throwaway chat at load; warmed here on made-up caches, the graphs were not the ones
         answers use and two more frozen weight copies stayed in memory."""
-        self._encode = _frozen(self.model.encode_images, dynamic=False)
+        if self.image_attention_problem() is None:
+            # one graph for both: the [CLS] attention visual-token reduction selects by costs one extra key
+            # projection, and a second compiled tower would hold a second frozen copy of its weights
+            self._encode_attention = _frozen(self.model.encode_images_with_attention, dynamic=False)
+            self._encode = lambda pixels: self._encode_attention(pixels)[0]
+        else:
+            self._encode = _frozen(self.model.encode_images, dynamic=False)
         self._forward = _frozen(self.model.forward, dynamic=True)
         size = self.model.config.vision.image_size
         t0 = time.perf_counter()
@@ -275,7 +283,7 @@ class TorchBackend:
         pixels = self._to_torch(pixel_values, self.model.dtype)  # (B, 3, H, W)
         if not with_attention:
             return _to_numpy(self._encode(pixels))
-        feats, attention = self.model.encode_images_with_attention(pixels)  # (B, N, D), (B, N)
+        feats, attention = self._encode_attention(pixels)  # (B, N, D), (B, N)
         return _to_numpy(feats), _to_numpy(attention)
 
     def image_attention_problem(self) -> str | None:
