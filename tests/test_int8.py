@@ -98,3 +98,38 @@ def test_int8_is_refused_on_a_gpu_and_for_exports():
         Assistant.from_pretrained("shapes-demo", backend="onnxruntime", dtype="int8")
     with pytest.raises(ConfigError, match=r"dtype 'int4' is not supported"):
         Assistant.from_pretrained("shapes-demo", dtype="int4")
+
+
+def test_custom_ops_pass_opcheck():
+    """The two ops torch.compile treats as opaque: their fake kernels match the real ones (shapes, strides)."""
+    from lphi_edge.model.cpu_attention import attention_bf16
+    from lphi_edge.model.int8 import int8_mm
+
+    g = torch.Generator().manual_seed(2)
+    a, b = (
+        torch.randint(-127, 128, (33, 64), generator=g, dtype=torch.int8),
+        torch.randint(-127, 128, (64, 24), generator=g, dtype=torch.int8),
+    )
+    torch.library.opcheck(int8_mm, (a, b))
+    q, k, v = (torch.randn(1, 9, 4, 16, generator=g).transpose(1, 2) for _ in range(3))  # (1, 4, 9, 16) views
+    torch.library.opcheck(attention_bf16, (q, k, v, 0.25))
+
+
+def test_cpu_vision_attention_matches_sdpa_to_bf16_rounding():
+    """The bf16 vision attention (model/cpu_attention.py) against fp32 SDPA, and which models run it."""
+    from lphi_edge.format.shipped import resolve_model_dir
+    from lphi_edge.model.checkpoint import load_checkpoint
+    from lphi_edge.model.cpu_attention import VISION_ATTENTION, attention_bf16
+    from lphi_edge.runtime.torch_backend import TorchBackend
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 16, 577, 64, generator=g) for _ in range(3))  # CLIP-L/336's heads
+    ref = nn.functional.scaled_dot_product_attention(q, k, v)  # fp32, scale 1/√64
+    got = attention_bf16(*(t.to(torch.bfloat16) for t in (q, k, v)), 0.125).float()
+    assert got.shape == ref.shape and (got - ref).abs().max() < 0.03
+    assert nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.9999
+    path = resolve_model_dir("shapes-demo")
+    assert (
+        TorchBackend(load_checkpoint(path, dtype="bf16")).model.config.vision._attn_implementation == VISION_ATTENTION
+    )
+    assert TorchBackend(load_checkpoint(path)).model.config.vision._attn_implementation == "sdpa"  # fp32: as loaded

@@ -36,6 +36,7 @@ from transformers import DynamicCache, StaticCache
 
 from lphi_edge.errors import ConfigError
 from lphi_edge.model.checkpoint import DTYPE_NAMES, DTYPES, load_checkpoint
+from lphi_edge.model.cpu_attention import use_cpu_vision_attention
 from lphi_edge.model.int8 import is_int8, quantize_linears
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 from lphi_edge.runtime.backend import ModelSpec, check_cache_arrays
@@ -199,6 +200,8 @@ class TorchBackend:
         self._epoch = 0
         self.device = str(parse_device(str(model.device)))  # "cpu", "cuda" (GPU 0) or "cuda:N"
         self.precision = "int8" if is_int8(model) else DTYPE_NAMES[model.dtype]
+        if not on_cuda and model.dtype == torch.bfloat16:
+            use_cpu_vision_attention(model)  # bf16 on the CPU: twice SDPA's speed for the vision tower here
         if on_cuda and self.precision == "fp32":
             # fp32 means fp32: cuDNN would run the patch-embedding convolution in TF32 by default (matmuls
             # already default to full fp32), which moves logits by ~1e-3 and can flip a reference's near-tie.
@@ -344,13 +347,17 @@ class TorchBackend:
     ) -> tuple[np.ndarray, TorchCache | StaticTorchCache]:
         if isinstance(past, StaticTorchCache):
             return self._decode_static(inputs_embeds, attention_mask, position_ids, past)
-        forward = self.model.forward  # token steps stay eager
+        forward, mask = self.model.forward, self._to_torch(attention_mask)  # token steps stay eager
         if self.torch_compile and inputs_embeds.shape[1] > 1:
             _contiguous(past.cache)
             forward = self._forward
+            if attention_mask.all():
+                # a traced graph cannot look at the mask's values, so transformers would keep a full mask and SDPA
+                # its slower masked kernel; no mask tells it the causal pattern is all there is (is_causal)
+                mask = None
         out = forward(
             inputs_embeds=self._to_torch(inputs_embeds, self.model.dtype),  # (B, S, D)
-            attention_mask=self._to_torch(attention_mask),  # (B, P + S)
+            attention_mask=mask,  # (B, P + S) or None: every position kept
             position_ids=self._to_torch(position_ids),  # (B, S)
             cache=past.cache,
             logits_to_keep=1,
