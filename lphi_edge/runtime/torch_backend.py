@@ -3,7 +3,8 @@
 `dtype="int8"` (CPU only) runs the linears as int8 matmuls (weights per channel, activations per token, rounded at
 run time; model/int8.py) and everything else in bf16: the CPU's int8 dot products (VNNI / AMX) do the vision
 encoder's and the prefill's matmuls at several times the bf16 rate, at an accuracy cost measured in
-benchmarks/README.md §10.
+benchmarks/README.md §10. In bf16 (and int8) on the CPU the vision tower's attention is model/cpu_attention.py's
+(the backend sets it on the model's config), not SDPA.
 
 On CUDA, decode steps replay a captured CUDA graph: eager decode of a 32-layer model is bound by
 kernel launches, not by reading the weights (measured in benchmarks/README.md), and a graph launches the
