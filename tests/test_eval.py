@@ -454,3 +454,26 @@ def test_vqav2_and_vizwiz_test_splits_write_the_server_file_without_annotations(
     assert s["files"]["submission"] == [{"image": "x.jpg", "answer": "2"}, {"image": "y.jpg", "answer": "yes"}]
     # neither annotations nor a file to write: nothing to do, said plainly
     assert main(["score", "--benchmark", "vizwiz", "--answers", str(answers), "--questions", str(questions)]) == 2
+
+
+def test_model_digest_hashes_a_checkpoint_once_and_sees_changes(tmp_path):
+    """The digest's file hashes are recorded (format/hash_cache.py): an unchanged checkpoint is not re-read on the
+    next run, and a rewritten weight file is hashed again and changes the digest."""
+    import shutil
+
+    from lphi_edge.eval.runner import model_digest
+    from lphi_edge.format.hash_cache import VerifiedHashes
+    from lphi_edge.format.manifest import sha256_file
+    from lphi_edge.format.shipped import resolve_model_dir
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(resolve_model_dir("shapes-demo"), ckpt)
+    first = model_digest(ckpt)
+    weights = ckpt / "model.safetensors"
+    assert VerifiedHashes(ckpt).recorded(weights) == sha256_file(weights)  # what the next run trusts
+    assert model_digest(ckpt) == first
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(data))
+    assert VerifiedHashes(ckpt).recorded(weights) is None  # not the file that was hashed
+    assert model_digest(ckpt) != first

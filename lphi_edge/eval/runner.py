@@ -29,6 +29,7 @@ from lphi_edge.data.camera import Camera
 from lphi_edge.errors import ConfigError, EvalInputError
 from lphi_edge.eval.frame_reuse import stream_items
 from lphi_edge.eval.io import read_json, read_jsonl
+from lphi_edge.format.hash_cache import VerifiedHashes
 from lphi_edge.format.manifest import sha256_file
 from lphi_edge.format.shipped import resolve_model_dir
 from lphi_edge.runtime.frame_reuse import FrameReuse
@@ -170,9 +171,15 @@ def model_digest(path: Path) -> str:
     checkpoint's config and weight files. Two models that share a name (a retrained `shapes-demo`) differ here."""
     manifest = path / "manifest.json"
     files = [manifest] if manifest.is_file() else [path / "config.json", *sorted(path.glob("*.safetensors"))]
+    known = VerifiedHashes(path)  # a file unchanged since this machine hashed it is not read again (gigabytes)
     h = hashlib.sha256()
     for f in files:
-        h.update(f"{f.name}:{sha256_file(f)};".encode())
+        digest = known.recorded(f)
+        if digest is None:
+            digest = sha256_file(f)
+            known.remember(f, digest)
+        h.update(f"{f.name}:{digest};".encode())
+    known.save()
     return h.hexdigest()[:16]
 
 

@@ -1,5 +1,6 @@
-"""Which export files were already hashed on this machine, so that opening an export does not re-hash
-gigabytes on every start (a full-size int4 export is ≈ 1.8 GB: seconds of sha256 on a Jetson).
+"""Which export (or checkpoint) files were already hashed on this machine, so that opening an export does not
+re-hash gigabytes on every start (a full-size int4 export is ≈ 1.8 GB: seconds of sha256 on a Jetson), nor does
+`lphi-eval run` to identify the model it answers with.
 
 A file's sha256 is trusted without re-hashing only while the file is provably the one that was hashed:
 same device, inode, size, modification and status-change times (st_ctime_ns changes on every write and
@@ -53,6 +54,11 @@ class VerifiedHashes:
         """True when `path` is the very file whose hash was `sha256` when this machine last hashed it."""
         entry = self._entries.get(path.name)
         return bool(entry) and entry.get("sha256") == sha256 and entry.get("identity") == _identity(path)
+
+    def recorded(self, path: Path) -> str | None:
+        """The sha256 this machine recorded for `path`, while it is still the very file hashed; else None."""
+        entry = self._entries.get(path.name)
+        return entry.get("sha256") if entry and entry.get("identity") == _identity(path) else None
 
     def remember(self, path: Path, sha256: str) -> None:
         self._entries[path.name] = {"sha256": sha256, "identity": _identity(path)}
