@@ -555,12 +555,79 @@ def test_camera_node_folder_source_feeds_the_vqa_node(ros, tmp_path):
     assert cam.returncode == 0 and "Traceback" not in err, err[-2000:]
 
 
+def test_camera_node_holds_a_scene_and_publishes_its_ground_truth(ros):
+    """source shapes: frames of one scene differ only by sensor noise for scene_period_s, and the scene's shapes
+    arrive on the latched `scene` topic (what lphi-ros-demo checks answers against)."""
+    import json
+
+    from lphi_edge.data.shapes import Shape
+    from lphi_edge.ros.camera_node import SCENE_QOS
+    from lphi_edge.ros.vqa_node import IMAGE_QOS
+
+    ns = f"/cam_scene_{os.getpid()}"
+    cam = subprocess.Popen(
+        [
+            str(BIN / "camera_node"),
+            "--ros-args",
+            "-r",
+            f"__ns:={ns}",
+            "-p",
+            "rate_hz:=20.0",
+            "-p",
+            "scene_period_s:=60.0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=node_env(),
+    )
+    node = Node(f"scene_watch_{os.getpid()}", namespace=ns)
+    scenes, frames = [], []
+    node.create_subscription(String, "scene", lambda m: scenes.append(m.data), SCENE_QOS)
+    node.create_subscription(
+        Image,
+        "image",
+        lambda m: frames.append(np.frombuffer(m.data, np.uint8).reshape(m.height, m.width, 3)),
+        IMAGE_QOS,
+    )
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        end = time.time() + 30
+        while time.time() < end and not (scenes and len(frames) >= 4):
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
+        cam.send_signal(signal.SIGINT)
+        _, err = cam.communicate(timeout=30)
+    assert len(scenes) == 1 and len(frames) >= 4, (scenes, len(frames), err[-2000:])
+    shapes = [Shape(**s) for s in json.loads(scenes[0])]
+    assert 1 <= len(shapes) <= 3 and all(s.kind in ("circle", "square", "triangle") for s in shapes)
+    a, b = (f.astype(np.int16) for f in frames[-2:])
+    assert 0 < np.abs(a - b).mean() < 6  # two captures of one view: sensor noise (σ 3), not another scene
+    assert "new scene: a " in err and "Traceback" not in err
+    bad = subprocess.run(
+        [str(BIN / "camera_node"), "--ros-args", "-p", "scene_period_s:=-1.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=node_env(),
+    )
+    assert bad.returncode == 2 and "scene_period_s must be a float ≥ 0" in bad.stderr, bad.stderr[-2000:]
+
+
 def test_ros_demo_runs_end_to_end():
     env = {**os.environ, "ROS_DOMAIN_ID": DEMO_DOMAIN}
     out = subprocess.run([str(EXE / "lphi-ros-demo")], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("Q: ") == 3 and out.stdout.count("A: ") == 3
-    assert out.stdout.count("frame → answer") == 3 and "[no frame]" not in out.stdout
+    assert "The camera shows a " in out.stdout and "[no frame]" not in out.stdout
+    n = out.stdout.count("Q: ")
+    assert n >= 3 and out.stdout.count("A: ") == n and out.stdout.count("frame → answer") == n
+    answers = [line for line in out.stdout.splitlines() if "(true answer: " in line]
+    assert len(answers) == n - 1  # the scene's questions; the open description has none
+    right = [line.split("   (true answer: ")[1].rstrip(")") == line[3:].split("   (")[0] for line in answers]
+    assert sum(right) >= len(right) - 1, out.stdout  # the shapes demo is ≥ 95 % right on fresh frames
 
 
 def test_ros_demo_asks_again_after_silence_and_no_frame_replies(ros):

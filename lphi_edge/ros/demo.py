@@ -1,10 +1,12 @@
-"""`lphi-ros-demo` (run by `make demo`): the VQA node on shapes-demo via onnxruntime, the synthetic camera,
-and a few prompts; prints each question, the answer and the frame → answer latency, then shuts both
-nodes down (SIGINT) and exits."""
+"""`lphi-ros-demo` (run by `make demo`): the VQA node on shapes-demo via onnxruntime and the synthetic camera
+holding one scene in view; prints the scene the camera shows (its ground truth, from the camera's `scene` topic),
+then each question about it, the answer, the true answer and the frame → answer latency, then shuts both nodes
+down (SIGINT) and exits."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -12,13 +14,23 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from lphi_edge.data.shapes import Shape, questions
+from lphi_edge.ros.camera_node import SCENE_QOS, describe
+
 RETRY_S = 5.0  # ask again after this long without a reply
-PROMPTS = ("How many shapes are there?", "Describe the image briefly.", "Is there a red circle?")
+OPEN_PROMPT = "Describe the image briefly."  # asked after the scene's own questions (no single true answer)
+
+
+def scene_questions(scene_json: str, seed: int = 0) -> list[tuple[str, str | None]]:
+    """(question, true answer) about the camera's scene: the shapes task's questions for it, then OPEN_PROMPT."""
+    shapes = [Shape(**s) for s in json.loads(scene_json)]
+    return [(qa.question, qa.answer) for qa in questions(shapes, np.random.default_rng(seed))] + [(OPEN_PROMPT, None)]
 
 
 def _spawn(module: str, *ros_args: str) -> subprocess.Popen:
@@ -68,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))  # keep clear of other graphs
     vqa = _spawn("lphi_edge.ros.vqa_node", "-p", f"model:={args.model}", "-p", f"backend:={args.backend}")
-    cam = _spawn("lphi_edge.ros.camera_node", "-p", "source:=shapes", "-p", f"rate_hz:={args.rate_hz}", "-p", "seed:=7")
+    cam = _spawn(
+        "lphi_edge.ros.camera_node", "-p", "source:=shapes", "-p", f"rate_hz:={args.rate_hz}", "-p", "seed:=7",
+        "-p", "scene_period_s:=3600.0",  # one scene for the whole demo: every answer can be checked against it
+    )  # fmt: skip
     rclpy.init(args=[])
     node = Node("lphi_ros_demo")
     diags: list[dict[str, str]] = []  # the node's replies: prompt, answer and timings in one message
@@ -79,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             if "answer" in values:
                 diags.append(values)
 
+    scenes: list[str] = []
+    node.create_subscription(String, "scene", lambda m: scenes.append(m.data), SCENE_QOS)
     streamed: list[str] = []
     node.create_subscription(String, "answer/stream", lambda m: streamed.append(m.data), 10)
     diag_sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
@@ -96,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             prompts.get_subscription_count() > 0
             and diag_sub.get_publisher_count() > 0
             and node.count_publishers("image") > 0
+            and bool(scenes)
         )
 
     status = 0
@@ -105,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"the vqa and camera nodes were not discovered within {args.timeout:g} s")
         spin_for(1.0)  # let a few frames arrive
         print(f"vqa_node ({args.model}, {args.backend}) + camera_node (synthetic shapes, {args.rate_hz:g} Hz)")
-        for q in args.prompt or PROMPTS:
+        print(f"The camera shows {describe([Shape(**s) for s in json.loads(scenes[-1])])}.")
+        asked = [(q, None) for q in args.prompt] if args.prompt else scene_questions(scenes[-1])
+        for q, truth in asked:
             spin_for(0.3)  # a fresh frame for each question
             reply = _ask(q, prompts, diags, streamed, spin_for, args.timeout)
             print(f"Q: {q}")
-            print(f"A: {reply['answer']}")
+            print(f"A: {reply['answer']}" + ("" if truth is None else f"   (true answer: {truth})"))
             print(
                 f"   frame → answer {reply.get('frame_to_answer_ms', '?')} ms (frame age at start "
                 f"{reply.get('frame_age_ms', '?')} ms, vision {reply.get('vision_ms', '?')} ms, "
