@@ -492,6 +492,14 @@ def test_frame_flood_every_prompt_answered_memory_bounded(large_data):
         stop_node(proc)
 
 
+def assert_refused(exe: str, param: str, reason: str) -> None:
+    """Starting the installed `exe` with one bad parameter exits 2 with `reason`, and no traceback."""
+    bad = subprocess.run(
+        [str(BIN / exe), "--ros-args", "-p", param], capture_output=True, text=True, timeout=60, env=node_env()
+    )
+    assert bad.returncode == 2 and reason in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+
+
 def test_params_file_and_bad_startup(ros):
     cfg = ROOT / "ros2_ws" / "src" / "lphi_edge" / "config" / "vqa.yaml"
     proc, h = start_node("--params-file", str(cfg), "-p", "max_frame_age_s:=3.0")
@@ -501,24 +509,8 @@ def test_params_file_and_bad_startup(ros):
         h.close()
         log = stop_node(proc)
     assert "loaded shapes-demo (onnxruntime fp32 on cpu)" in log
-    bad = subprocess.run(
-        [str(BIN / "vqa_node"), "--ros-args", "-p", "queue_size:=0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=node_env(),
-    )
-    assert bad.returncode == 2 and "queue_size=0 must be an integer in 1..1000" in bad.stderr
-    assert "Traceback" not in bad.stderr
-    bad = subprocess.run(
-        [str(BIN / "vqa_node"), "--ros-args", "-p", "device:=gpu"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=node_env(),
-    )
-    assert bad.returncode == 2 and "device='gpu' must be cpu | cuda | cuda:N" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert_refused("vqa_node", "queue_size:=0", "queue_size=0 must be an integer in 1..1000")
+    assert_refused("vqa_node", "device:=gpu", "device='gpu' must be cpu | cuda | cuda:N")
 
 
 def test_camera_node_folder_source_feeds_the_vqa_node(ros, tmp_path):
@@ -607,14 +599,7 @@ def test_camera_node_holds_a_scene_and_publishes_its_ground_truth(ros):
     a, b = (f.astype(np.int16) for f in frames[-2:])
     assert 0 < np.abs(a - b).mean() < 6  # two captures of one view: sensor noise (σ 3), not another scene
     assert "new scene: a " in err and "Traceback" not in err
-    bad = subprocess.run(
-        [str(BIN / "camera_node"), "--ros-args", "-p", "scene_period_s:=-1.0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=node_env(),
-    )
-    assert bad.returncode == 2 and "scene_period_s must be a float ≥ 0" in bad.stderr, bad.stderr[-2000:]
+    assert_refused("camera_node", "scene_period_s:=-1.0", "scene_period_s must be a float ≥ 0")
 
 
 def test_ros_demo_runs_end_to_end():

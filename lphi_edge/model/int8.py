@@ -9,9 +9,9 @@ in one run); everything that is not a linear (norms, attention, GELU, the patch 
 
 Which linears: every one of the vision encoder's layers, the projector and Phi's decoder layers. lm_head is
 kept in bf16: it computes one position per answer token, so int8 buys it nothing in the prompt, and it writes the
-logits greedy decoding ranks. What this costs in accuracy is measured, not assumed: shapes-task accuracy and token
-agreement with the bf16 engine (benchmarks/README.md §10); the error of W8A8 grows with activation outliers, which
-a real checkpoint has and a random one does not.
+logits greedy decoding ranks. What this costs in accuracy is measured, not assumed: shapes-task accuracy, answer
+agreement with fp32 and the export gate's per-part cosines (benchmarks/README.md §10); the error of W8A8 grows
+with activation outliers, which a real checkpoint has and a random one does not.
 """
 
 from __future__ import annotations
