@@ -226,3 +226,15 @@ def test_lphi_bench_rows_per_k_and_reused_frame(tiny_ckpt, tiny_onnx, tmp_path):
         BenchConfig(models=("x",), visual_tokens=(0,))
     proc = subprocess.run([*cmd[:3], "--visual-tokens", "99", "--runs", "1"], capture_output=True, text=True)
     assert proc.returncode == 2 and "visual_tokens 99 is out of range" in proc.stderr, proc.stderr
+
+
+def test_selection_runs_its_product_on_one_blas_thread():
+    """Multi-threaded, numpy's BLAS leaves threads spinning that slowed the prefill after it (NOTES.md)."""
+    from threadpoolctl import threadpool_info
+
+    from lphi_edge.runtime.visual_tokens import _one_blas_thread
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas  # numpy's own BLAS is seen, so the limit below is real
+    with _one_blas_thread():
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")

@@ -21,9 +21,11 @@ its plain mean (VisionZip: target + mean of the rest).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from lphi_edge.errors import ConfigError
 
@@ -68,6 +70,18 @@ class VisualTokens:
             )
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """numpy's BLAS on one thread for a small product. Multi-threaded, OpenBLAS leaves its threads spinning after
+    the call, and they took the cores from the prefill that follows: a 265-position int8 prefill ran 125–165 ms
+    instead of 80 (benchmarks/results/NOTES.md). The product itself is a few MFLOP."""
+    return _blas().limit(limits=1, user_api="blas")
+
+
 def select_visual_tokens(features: np.ndarray, attention: np.ndarray, config: VisualTokens) -> np.ndarray:
     """features f32 [N, D], attention f32 [N] (the [CLS] token's, per image token) → f32 [K, D], in image order.
 
@@ -88,7 +102,8 @@ def select_visual_tokens(features: np.ndarray, attention: np.ndarray, config: Vi
     is_target[np.arange(0, len(rest), step)[:c]] = True
     targets, others = rest[is_target], rest[~is_target]  # (C,), (R − C,)
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)  # (N, D)
-    group = np.argmax(unit[others] @ unit[targets].T, axis=1)  # (R − C,) → index into targets
+    with _one_blas_thread():
+        group = np.argmax(unit[others] @ unit[targets].T, axis=1)  # (R − C,) → index into targets
     sums = features[targets].astype(np.float64)  # (C, D): each group starts with its target
     by_group = np.argsort(group, kind="stable")  # others grouped, image order kept within a group
     present, starts = np.unique(group[by_group], return_index=True)  # groups with members, where each begins
