@@ -21,11 +21,10 @@ its plain mean (VisionZip: target + mean of the rest).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from lphi_edge.errors import ConfigError
 
@@ -70,16 +69,12 @@ class VisualTokens:
             )
 
 
-@functools.cache
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-def _one_blas_thread():
+def _one_blas_thread() -> threadpool_limits:
     """numpy's BLAS on one thread for a small product. Multi-threaded, OpenBLAS leaves its threads spinning after
     the call, and they took the cores from the prefill that follows: a 265-position int8 prefill ran 125–165 ms
-    instead of 80 (benchmarks/results/NOTES.md). The product itself is a few MFLOP."""
-    return _blas().limit(limits=1, user_api="blas")
+    instead of 80 (benchmarks/results/NOTES.md). The product itself is a few MFLOP. The BLAS libraries are looked up
+    on each call (~0.5 ms), so one loaded later is limited too."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def select_visual_tokens(features: np.ndarray, attention: np.ndarray, config: VisualTokens) -> np.ndarray:
