@@ -30,6 +30,7 @@ from lphi_edge.bench.costs import PHI2_HIDDEN, PHI2_LAYERS, Arch
 from lphi_edge.bench.machine import compute_gflops, machine_info, memory_bandwidth_gbs, memory_read_gbs, rss_mb
 from lphi_edge.data.camera import Camera
 from lphi_edge.errors import ConfigError
+from lphi_edge.runtime.backend import TORCH_DTYPES
 from lphi_edge.runtime.device import check_threads, parse_device
 from lphi_edge.runtime.generation import GenerationConfig
 from lphi_edge.runtime.visual_tokens import VisualTokens
@@ -55,7 +56,6 @@ EXPORT_FLAGS = {
     "int8-vision": ["--quant", "int8", "--quant-vision"],  # the vision encoder's MatMuls in int8 too
 }
 HF_DTYPES = ("fp32", "fp16", "bf16")  # what transformers' generate() runs the checkpoint in
-TORCH_DTYPES = (*HF_DTYPES, "int8")  # what the torch backend runs it in (int8: int8 matmuls on the CPU)
 
 
 def baseline_precision(backend: str, precision: str, cuda: bool) -> str:

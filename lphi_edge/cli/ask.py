@@ -16,6 +16,7 @@ import json
 import sys
 
 from lphi_edge.cli._common import check_engine_args, run, setup_logging
+from lphi_edge.runtime.backend import TORCH_DTYPES
 from lphi_edge.runtime.device import DEVICE_HELP
 
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=["fp32", "fp16", "bf16", "int8"],
+        choices=TORCH_DTYPES,
         help="torch backend precision (fp32); int8: int8 matmuls on the CPU, bf16 elsewhere",
     )
     p.add_argument(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lphi_edge.cli._common import run, setup_logging
 from lphi_edge.eval.runner import BENCHMARKS
+from lphi_edge.runtime.backend import TORCH_DTYPES
 
 
 def _scorer_flags(p: argparse.ArgumentParser, answers: bool = True) -> None:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--limit", type=int, help="first N questions only")
     r.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"))
     r.add_argument("--device", default=None, help="cpu | cuda | cuda:N; default cpu (cuda for tensorrt)")
-    r.add_argument("--dtype", choices=("fp32", "fp16", "bf16", "int8"), help="torch backend precision (fp32)")
+    r.add_argument("--dtype", choices=TORCH_DTYPES, help="torch backend precision (fp32)")
     r.add_argument("--max-new-tokens", type=int)
     r.add_argument("--on-bad", choices=("error", "skip"), default="error", help="missing images: stop, or skip+count")
     r.add_argument("--n", type=int, default=400, help="shapes: frames; shapes-stream: scenes")

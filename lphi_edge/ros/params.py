@@ -19,6 +19,7 @@ from lphi_edge.assistant import BACKENDS, Assistant
 from lphi_edge.errors import ConfigError, LphiError
 from lphi_edge.format.shipped import resolve_model_dir
 from lphi_edge.ros.frames import DEFAULT_MAX_PIXELS, MAX_SIDE
+from lphi_edge.runtime.backend import TORCH_DTYPES
 from lphi_edge.runtime.device import DEVICE_HELP, check_threads, cpu_count, parse_device
 from lphi_edge.runtime.onnx_backend import PROVIDERS
 
@@ -26,7 +27,6 @@ MAX_NEW_TOKENS = 4096
 MAX_CAMERAS = 64
 CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")  # relative ROS name: wrist, arm/wrist
 
-TORCH_DTYPES = ("fp32", "fp16", "bf16", "int8")
 
 # name → (default, description). A list default declares a string array.
 PARAMETERS: dict[str, tuple[Any, str]] = {

@@ -15,6 +15,8 @@ import numpy as np
 from lphi_edge.errors import ConfigError
 from lphi_edge.format.manifest import TextConfig
 
+TORCH_DTYPES = ("fp32", "fp16", "bf16", "int8")  # the torch backend's dtypes (int8: int8 matmuls on the CPU)
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -36,11 +36,11 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from lphi_edge.errors import ConfigError
-from lphi_edge.model.checkpoint import DTYPE_NAMES, DTYPES, load_checkpoint
+from lphi_edge.model.checkpoint import DTYPE_NAMES, load_checkpoint
 from lphi_edge.model.cpu_attention import use_cpu_vision_attention
 from lphi_edge.model.int8 import is_int8, quantize_linears
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
-from lphi_edge.runtime.backend import ModelSpec, check_cache_arrays
+from lphi_edge.runtime.backend import TORCH_DTYPES, ModelSpec, check_cache_arrays
 from lphi_edge.runtime.device import check_threads, parse_device
 
 logger = logging.getLogger(__name__)
@@ -257,8 +257,8 @@ class TorchBackend:
     ) -> TorchBackend:
         """The checkpoint at `path` on `device` in `dtype` (fp32 / fp16 / bf16, or int8: int8 linears, bf16
         elsewhere, CPU only); `threads`: torch.set_num_threads (process-wide)."""
-        if dtype not in (*DTYPES, "int8"):
-            raise ConfigError(f"dtype {dtype!r} is not supported: expected one of {[*DTYPES, 'int8']}")
+        if dtype not in TORCH_DTYPES:
+            raise ConfigError(f"dtype {dtype!r} is not supported: expected one of {list(TORCH_DTYPES)}")
         if dtype == "int8" and parse_device(device).is_cuda:
             raise ConfigError(
                 f"dtype 'int8' (int8 matmuls on the CPU's VNNI / AMX units) runs on the CPU, not on {device!r}: "
