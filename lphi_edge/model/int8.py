@@ -7,17 +7,20 @@ its outlier split and of SmoothQuant's "per-token dynamic" row, without smoothin
 the int8 product runs at several times the bf16 rate for the same shapes (benchmarks/README.md §10 measures both
 in one run); everything that is not a linear (norms, attention, GELU, the patch embedding, lm_head) stays in bf16.
 
-Which linears: every one of the vision encoder's layers, the projector and Phi's decoder layers. lm_head is
-kept in bf16: it computes one position per answer token, so int8 buys it nothing in the prompt, and it writes the
-logits greedy decoding ranks. What this costs in accuracy is measured, not assumed: shapes-task accuracy, answer
-agreement with fp32 and the export gate's per-part cosines (benchmarks/README.md §10); the error of W8A8 grows
-with activation outliers, which a real checkpoint has and a random one does not.
+Which linears: every one of the vision encoder's layers, the projector and Phi's decoder layers (those
+model/cpu_linear.py pads in bf16; the int8 products pad their rows the same way). lm_head is kept in bf16: it
+computes one position per answer token, so int8 buys it nothing in the prompt, and it writes the logits greedy
+decoding ranks. What this costs in accuracy is measured, not assumed: shapes-task accuracy, answer agreement with
+fp32 and the export gate's per-part cosines (benchmarks/README.md §10); the error of W8A8 grows with activation
+outliers, which a real checkpoint has and a random one does not.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from lphi_edge.model.cpu_linear import pad_rows, replace_linears
 
 INT8_MAX = 127
 
@@ -60,7 +63,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape  # (..., K)
         q, scale = quantize_rows(x.reshape(-1, self.in_features))  # (M, K) int8, (M, 1)
-        y = int8_mm(q, self.weight_t).float() * scale * self.weight_scale  # (M, N)
+        # rows padded to 16 for oneDNN (model/cpu_linear.py), the product's first M rows kept
+        y = int8_mm(pad_rows(q), self.weight_t)[: q.shape[0]].float() * scale * self.weight_scale  # (M, N)
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)  # (..., N)
@@ -69,23 +73,11 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def int8_linear_parents(model: nn.Module) -> list[nn.Module]:
-    """The submodules whose nn.Linear children become Int8Linear (module docstring): the vision encoder's layers,
-    the projector and the decoder layers of a LlavaPhiForCausalLM."""
-    return [model.vision_tower.encoder, model.mm_projector, model.language_model.model.layers]
-
-
 def quantize_linears(model: nn.Module) -> int:
-    """Replace those linears in place with Int8Linear; returns how many. The model should already be in its
-    compute dtype (bf16): the int8 weights are rounded from the weights as loaded."""
-    count = 0
-    for parent in int8_linear_parents(model):
-        for module in list(parent.modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(module, child_name, Int8Linear(child))
-                    count += 1
-    return count
+    """Replace the prompt's linears (model/cpu_linear.py's `prompt_linear_parents`) in place with Int8Linear;
+    returns how many. The model should already be in its compute dtype (bf16): the int8 weights are rounded from
+    the weights as loaded."""
+    return replace_linears(model, Int8Linear)
 
 
 def is_int8(model: nn.Module) -> bool:

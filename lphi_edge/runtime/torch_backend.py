@@ -4,7 +4,8 @@
 run time; model/int8.py) and everything else in bf16: the CPU's int8 dot products (VNNI / AMX) do the vision
 encoder's and the prefill's matmuls at several times the bf16 rate, at an accuracy cost measured in
 benchmarks/README.md §10. In bf16 (and int8) on the CPU the vision tower's attention is model/cpu_attention.py's
-(the backend sets it on the model's config), not SDPA.
+(the backend sets it on the model's config), not SDPA, and the prompt's linears run on rows padded to a multiple
+of 16 (model/cpu_linear.py: oneDNN's bf16 products are up to a third faster so).
 
 On CUDA, decode steps replay a captured CUDA graph: eager decode of a 32-layer model is bound by
 kernel launches, not by reading the weights (measured in benchmarks/README.md), and a graph launches the
@@ -38,10 +39,12 @@ from transformers import DynamicCache, StaticCache
 from lphi_edge.errors import ConfigError
 from lphi_edge.model.checkpoint import DTYPE_NAMES, load_checkpoint
 from lphi_edge.model.cpu_attention import use_cpu_vision_attention
+from lphi_edge.model.cpu_linear import pad_linear_rows
 from lphi_edge.model.int8 import is_int8, quantize_linears
 from lphi_edge.model.modeling import LlavaPhiForCausalLM
 from lphi_edge.runtime.backend import TORCH_DTYPES, ModelSpec, check_cache_arrays
 from lphi_edge.runtime.device import check_threads, parse_device
+from lphi_edge.runtime.host_memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +204,11 @@ class TorchBackend:
         self._epoch = 0
         self.device = str(parse_device(str(model.device)))  # "cpu", "cuda" (GPU 0) or "cuda:N"
         self.precision = "int8" if is_int8(model) else DTYPE_NAMES[model.dtype]
+        if not on_cuda:
+            keep_freed_memory()  # activations reuse freed memory instead of page-faulting new mappings
         if not on_cuda and model.dtype == torch.bfloat16:
             use_cpu_vision_attention(model)  # bf16 on the CPU: twice SDPA's speed for the vision tower here
+            pad_linear_rows(model)  # oneDNN's bf16 products at full speed for 577 / 697 rows (int8's pad themselves)
         if on_cuda and self.precision == "fp32":
             # fp32 means fp32: cuDNN would run the patch-embedding convolution in TF32 by default (matmuls
             # already default to full fp32), which moves logits by ~1e-3 and can flip a reference's near-tie.
