@@ -78,3 +78,17 @@ def test_pad_linear_rows_covers_the_encoder_projector_and_decoder_not_lm_head():
     assert not any(isinstance(m, RowPaddedLinear) for m in fp32.model.modules())
     bf16 = TorchBackend(load_checkpoint(resolve_model_dir("shapes-demo"), dtype="bf16"))
     assert isinstance(bf16.model.mm_projector[0], RowPaddedLinear)
+
+
+def test_vision_attention_pads_its_queries_and_answers_every_row():
+    """The CPU vision attention pads the queries' rows (577 → 592): the result has T rows, each within bf16
+    rounding of fp32 attention for that query, for padded (577, 70) and unpadded (48) lengths."""
+    from lphi_edge.model.cpu_attention import attention_bf16
+
+    g = torch.Generator().manual_seed(2)
+    for t in (577, 70, 48):
+        q, k, v = (torch.randn(1, t, 4, 32, generator=g).to(torch.bfloat16).transpose(1, 2) for _ in range(3))
+        exact = torch.softmax((q.double() * 32**-0.5) @ k.double().transpose(-1, -2), dim=-1) @ v.double()
+        got = attention_bf16(q, k, v, 32**-0.5)
+        assert got.shape == (1, 4, t, 32) and got.is_contiguous()
+        assert (got.double() - exact).abs().max() < 0.02, t

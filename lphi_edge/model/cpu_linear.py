@@ -25,8 +25,8 @@ MIN_ROWS = 64  # eager products with fewer rows are memory-bound: not padded
 
 
 def pad_rows(x: torch.Tensor) -> torch.Tensor:
-    """(M, K) → (M + p, K) with p zero rows, M + p a multiple of ROW_MULTIPLE (module docstring: when)."""
-    m = x.shape[0]
+    """(..., M, K) → (..., M + p, K) with p zero rows, M + p a multiple of ROW_MULTIPLE (module docstring: when)."""
+    m = x.shape[-2]
     if not torch.compiler.is_compiling() and (m < MIN_ROWS or m % ROW_MULTIPLE == 0):
         return x
     return F.pad(x, (0, 0, 0, (-m) % ROW_MULTIPLE))
