@@ -113,11 +113,23 @@ class Harness:
         self.stream: list[str] = []
         self.diags: list[dict[str, str]] = []
         self.levels: list[int] = []
-        self.node.create_subscription(String, "answer", lambda m: self.answers.append(m.data), 50)
-        self.node.create_subscription(String, "answer/stream", lambda m: self.stream.append(m.data), 200)
+        self.outputs = [  # the node's outputs the tests read: matched before the first prompt (start_node)
+            self.node.create_subscription(String, "answer", lambda m: self.answers.append(m.data), 50),
+            self.node.create_subscription(String, "answer/stream", lambda m: self.stream.append(m.data), 200),
+        ]
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 200)
         self.params = self.node.create_client(SetParameters, f"{ns}/vqa_node/set_parameters")
         self.proc: subprocess.Popen | None = None  # the node under test, when started by start_node: its log
+
+    def hears_active_node(self) -> bool:
+        """The node is active (its prompt subscription reached) and this side hears it: the answer topics matched
+        from here and one of its statuses arrived on /diagnostics. An answer published before its reader has
+        matched the writer is never delivered (the topics are volatile): ask only once this holds."""
+        return (
+            self.prompt.get_subscription_count() > 0
+            and all(sub.get_publisher_count() > 0 for sub in self.outputs)
+            and bool(self.diags)
+        )
 
     def node_log(self) -> str:
         """The end of the node's log, for a failure message ('' when this harness did not start the node)."""
@@ -244,7 +256,7 @@ def start_node(
     proc = spawn_node(ns, *ros_args, env=env)
     h = (harness or Harness)(ns, context)
     h.proc = proc
-    ok = h.spin_until(lambda: h.prompt.get_subscription_count() > 0 and h.params.service_is_ready(), 60)
+    ok = h.spin_until(lambda: h.hears_active_node() and h.params.service_is_ready(), 60)
     assert ok and proc.poll() is None, f"vqa_node did not come up: {read_log(proc)[-3000:]}"
     return proc, h
 
@@ -737,7 +749,7 @@ def test_the_node_from_a_lean_install_answers_about_a_copied_export(ros, lean_ve
     proc.log = log  # type: ignore[attr-defined]
     h = Harness(ns)
     try:
-        up = h.spin_until(lambda: h.prompt.get_subscription_count() > 0, 60)
+        up = h.spin_until(h.hears_active_node, 60)
         assert up and proc.poll() is None, f"the lean node did not come up: {read_log(proc)[-3000:]}"
         frame, _, qas = scenes(1, seed=7)[0]
         h.show(frame)
