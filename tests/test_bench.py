@@ -154,8 +154,21 @@ def test_bad_arguments_are_refused():
         BenchConfig(models=())
     with pytest.raises(ConfigError, match=r"unknown precision\(s\) \['int2'\]"):
         BenchConfig(models=("m",), synthetic_exports=("int2",))
+    with pytest.raises(ConfigError, match="--cuda-graphs on with --torch-compile on"):
+        BenchConfig(models=("m",), device="cuda", cuda_graphs="on", torch_compile="on")
     proc = subprocess.run([str(EXE / "lphi-bench"), "--model", "/no/such"], capture_output=True, text=True)
     assert proc.returncode == 2 and "model not found" in proc.stderr
+
+
+def test_torch_engines_skip_graphs_with_a_compiled_prefill():
+    """On a GPU `--cuda-graphs both --torch-compile both` loads graphs, eager and compiled (eager decode) — not the
+    combination the torch backend refuses; on the CPU there are no graph variants."""
+    from lphi_edge.bench.runner import torch_engines
+
+    gpu = BenchConfig(models=("m",), device="cuda", torch_dtypes=("fp16",), cuda_graphs="both", torch_compile="both")
+    assert torch_engines(gpu) == [("fp16", True, False), ("fp16", False, False), ("fp16", False, True)]
+    cpu = BenchConfig(models=("m",), torch_dtypes=("bf16", "int8"), torch_compile="both")
+    assert torch_engines(cpu) == [(d, None, c) for d in ("bf16", "int8") for c in (False, True)]
 
 
 def test_an_engine_pair_is_one_row_beside_its_engines(tiny_ckpt, tiny_int8, tmp_path):

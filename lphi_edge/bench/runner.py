@@ -106,6 +106,11 @@ class BenchConfig:
         for flag, value in (("--cuda-graphs", self.cuda_graphs), ("--torch-compile", self.torch_compile)):
             if value not in ("on", "off", "both"):
                 raise ConfigError(f"{flag} must be on, off or both, got {value!r}")
+        if self.cuda and self.cuda_graphs == "on" and self.torch_compile == "on":
+            raise ConfigError(
+                "--cuda-graphs on with --torch-compile on: the torch backend cannot combine them (graphs replay a "
+                "static KV cache, the compiled prefill fills a dynamic one); use --cuda-graphs both or off"
+            )
         if self.baseline not in (None, "hf"):
             raise ConfigError(f"--baseline must be hf, got {self.baseline!r}")
         bad = [p for p in self.synthetic_exports if p not in EXPORT_FLAGS]
@@ -157,12 +162,18 @@ def load_targets(model: str, cfg: BenchConfig) -> list[Target]:
 
     if is_export_dir(resolve_model_dir(model, cfg.backend)):
         return [load_target(model, cfg)]
+    return [load_target(model, cfg, dtype, g, c) for dtype, g, c in torch_engines(cfg)]
+
+
+def torch_engines(cfg: BenchConfig) -> list[tuple[str, bool | None, bool]]:
+    """(dtype, cuda_graphs, torch_compile) of each torch engine a checkpoint is loaded as: every combination the
+    flags ask for, but CUDA graphs with a compiled prefill — the torch backend runs those on different KV caches
+    (static / dynamic) and refuses the pair; with both flags at `both` a GPU gets eager, graphs and compiled
+    (eager decode) rows. cuda_graphs None: not on CUDA."""
     choices = {"on": [True], "off": [False], "both": [True, False]}
     graphs = choices[cfg.cuda_graphs] if cfg.cuda else [None]
-    compiled = choices[cfg.torch_compile]
-    return [
-        load_target(model, cfg, dtype, g, c) for dtype in cfg.torch_dtypes for g in graphs for c in reversed(compiled)
-    ]
+    compiled = choices[cfg.torch_compile][::-1]  # eager first
+    return [(d, g, c) for d in cfg.torch_dtypes for g in graphs for c in compiled if not (g and c)]
 
 
 def load_target(
