@@ -1,7 +1,7 @@
 """The prompt's linears on the CPU with their rows padded to a multiple of 16 (bf16, and int8's products).
 
 Why: for some row counts M — among them the vision tower's 577 positions and the prefill's 697 — oneDNN runs a
-bf16 (M, K) × (K, N) product at 65–80 % of the rate it reaches a few rows away, and every multiple of 16 measured
+bf16 (M, K) × (K, N) product well below the rate it reaches a few rows away, and every multiple of 16 measured
 ran at the full rate (benchmarks/results/NOTES.md, "Rows padded to 16"). Each output row depends only on its own
 input row, so the first M rows of the product of the rows padded with zeros are the answer, and they are a
 contiguous view of it: padding costs one copy of the input. Eager calls with few rows (a decode step's one

@@ -4,11 +4,11 @@ Why: glibc serves an allocation above its mmap threshold (128 KiB at start, rais
 32 MiB) with a fresh mapping, and hands the heap's free top back to the OS beyond its trim threshold; the kernel
 then zero-fills every page of the next mapping on first touch. A vision encoder or a prefill on the CPU allocates
 and frees megabytes of activations per layer, so with the moving defaults its time depends on which thresholds
-earlier work in the process left: one CLIP-L/336 attention (16 × 577 × 577 scores) took 9.1 ms with 4 650 page
-faults per call in a fresh process, and 4.2 ms with none once both thresholds are fixed
-(benchmarks/results/NOTES.md, "Rows padded to 16, and page faults"). Fixed thresholds keep blocks up to 32 MiB on
-the heap and freed memory in the process for the next call: the process keeps its high-water mark of activations
-(which the next answer needs again) instead of returning it between answers.
+earlier work in the process left — the CPU vision attention, for one, ran at less than half its speed while it
+page-faulted thousands of pages per call (benchmarks/results/NOTES.md, "Rows padded to 16, and page faults").
+Fixed thresholds keep blocks up to 32 MiB on the heap and freed memory in the process for the next call: the
+process keeps its high-water mark of activations (which the next answer needs again) instead of returning it
+between answers.
 
 Process-wide, like torch.set_num_threads; applied once, by the torch backend on the CPU. Left alone where the
 user chose (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, or a threshold in GLIBC_TUNABLES) and where the C
@@ -26,7 +26,7 @@ import platform
 logger = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters (malloc.h)
-MMAP_THRESHOLD = 32 * 2**20  # glibc's largest (HEAP_MAX / 2 on 64-bit): blocks up to this come from the heap
+MMAP_THRESHOLD = 32 * 2**20  # the largest glibc takes on 64-bit: blocks up to this come from the heap
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # the user chose: left alone
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: the heap's free top is handed back only beyond 2 GiB
 

@@ -5,7 +5,7 @@ run time; model/int8.py) and everything else in bf16: the CPU's int8 dot product
 encoder's and the prefill's matmuls at several times the bf16 rate, at an accuracy cost measured in
 benchmarks/README.md §10. In bf16 (and int8) on the CPU the vision tower's attention is model/cpu_attention.py's
 (the backend sets it on the model's config), not SDPA, and the prompt's linears run on rows padded to a multiple
-of 16 (model/cpu_linear.py: oneDNN's bf16 products are up to a third faster so).
+of 16 (model/cpu_linear.py: oneDNN runs some row counts, 577 and 697 among them, well below its rate).
 
 On CUDA, decode steps replay a captured CUDA graph: eager decode of a 32-layer model is bound by
 kernel launches, not by reading the weights (measured in benchmarks/README.md), and a graph launches the
