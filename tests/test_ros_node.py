@@ -748,6 +748,7 @@ def test_the_node_from_a_lean_install_answers_about_a_copied_export(ros, lean_ve
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env | {"ROS_DOMAIN_ID": DOMAIN})
     proc.log = log  # type: ignore[attr-defined]
     h = Harness(ns)
+    h.proc = proc  # a missing answer prints its log
     try:
         up = h.spin_until(h.hears_active_node, 60)
         assert up and proc.poll() is None, f"the lean node did not come up: {read_log(proc)[-3000:]}"

@@ -206,9 +206,9 @@ class TorchBackend:
         self.precision = "int8" if is_int8(model) else DTYPE_NAMES[model.dtype]
         if not on_cuda:
             keep_freed_memory()  # activations reuse freed memory instead of page-faulting new mappings
-        if not on_cuda and model.dtype == torch.bfloat16:
-            use_cpu_vision_attention(model)  # bf16 on the CPU: twice SDPA's speed for the vision tower here
-            pad_linear_rows(model)  # oneDNN's bf16 products at full speed for 577 / 697 rows (int8's pad themselves)
+            if model.dtype == torch.bfloat16:
+                use_cpu_vision_attention(model)  # bf16 on the CPU: twice SDPA's speed for the vision tower here
+                pad_linear_rows(model)  # oneDNN's bf16 products at full speed at 577 / 697 rows (int8's pad too)
         if on_cuda and self.precision == "fp32":
             # fp32 means fp32: cuDNN would run the patch-embedding convolution in TF32 by default (matmuls
             # already default to full fp32), which moves logits by ~1e-3 and can flip a reference's near-tie.

@@ -71,9 +71,9 @@ class VisualTokens:
 
 def _one_blas_thread() -> threadpool_limits:
     """numpy's BLAS on one thread for a small product. Multi-threaded, OpenBLAS leaves its threads spinning after
-    the call, and they took the cores from the prefill that follows: a 265-position int8 prefill ran 125–165 ms
-    instead of 80 (benchmarks/results/NOTES.md). The product itself is a few MFLOP. The BLAS libraries are looked up
-    on each call (~0.5 ms), so one loaded later is limited too."""
+    the call, and they took the cores from the prefill that follows (benchmarks/results/NOTES.md, "The compiled
+    prefill at other lengths"). The product itself is small. The BLAS libraries are looked up on each call, so one
+    loaded later is limited too."""
     return threadpool_limits(limits=1, user_api="blas")
 
 
