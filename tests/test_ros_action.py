@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from test_ros_node import (  # noqa: E402
     start_node,
     stop_node,
 )
+from unique_identifier_msgs.msg import UUID  # noqa: E402
 
 from lphi_edge import Assistant  # noqa: E402
 from lphi_edge.format.shipped import SHIPPED_EXPORTS  # noqa: E402
@@ -44,6 +46,13 @@ class ActionHarness(Harness):
     def __init__(self, ns: str, context=None) -> None:
         super().__init__(ns, context)
         self.client = ActionClient(self.node, Ask, "ask")
+        # feedback read from the action's feedback topic, not through the client's callback: rclpy unhooks a goal's
+        # feedback callback once its result has arrived, and the last feedback can arrive after the result (another
+        # topic), so a callback could miss it
+        self._feedback: dict[bytes, list] = {}  # goal id → its feedback so far
+        self.feedback_sub = self.node.create_subscription(
+            Ask.Impl.FeedbackMessage, "ask/_action/feedback", self._on_feedback, 1000
+        )
         self.stamped: list = []
         self.node.create_subscription(AnswerMsg, "answer/stamped", self.stamped.append, 50)
         self.cams = {name: self.node.create_publisher(Image, f"{name}/image", 5) for name in ("wrist", "head")}
@@ -54,11 +63,19 @@ class ActionHarness(Harness):
         self.client.destroy()
         super().close()
 
+    def _on_feedback(self, msg) -> None:
+        got = self._feedback.get(bytes(msg.goal_id.uuid))
+        if got is not None:
+            got.append(msg.feedback)
+
     def send(self, goal, feedback: list | None = None):
-        """The goal's handle once accepted, or None when rejected."""
-        assert self.spin_until(self.client.server_is_ready, 30), "no `ask` action server"
-        callback = None if feedback is None else (lambda m: feedback.append(m.feedback))
-        future = self.client.send_goal_async(goal, feedback_callback=callback)
+        """The goal's handle once accepted, or None when rejected; `feedback` receives the goal's feedback."""
+        ready = lambda: self.client.server_is_ready() and self.feedback_sub.get_publisher_count() > 0  # noqa: E731
+        assert self.spin_until(ready, 30), "no `ask` action server"
+        goal_id = UUID(uuid=list(uuid.uuid4().bytes))
+        if feedback is not None:
+            self._feedback[bytes(goal_id.uuid)] = feedback
+        future = self.client.send_goal_async(goal, goal_uuid=goal_id)
         assert self.spin_until(future.done, 30), "no goal response"
         handle = future.result()
         return handle if handle.accepted else None
